@@ -1,0 +1,134 @@
+"""Loading published and training checkpoints safely and strictly."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfdeploy.errors import PfdeployError
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("state_dict", "model", "model_ema")
+SHOWN = 3
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file with `torch.load(weights_only=True)`; never runs pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise PfdeployError(f"checkpoint {path} not found; pass the path of a .pth/.pt file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise PfdeployError(
+            f"checkpoint {path} holds objects that weights_only loading refuses ({reason}); "
+            "re-save it as a plain state_dict with torch.save(model.state_dict(), path)"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise PfdeployError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
+            "check that the file is complete and was written by torch.save"
+        ) from exc
+    if not isinstance(obj, Mapping):
+        raise PfdeployError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
+    return dict(obj)
+
+
+def state_dict_from_checkpoint(obj: Mapping, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Unwrap `model`/`state_dict`/`model_ema` (or `key`) and strip DistributedDataParallel's `module.`."""
+    if key is not None:
+        if key not in obj:
+            raise PfdeployError(f"checkpoint has no {key!r} entry; it has: {', '.join(map(str, obj))}")
+        obj = obj[key]
+    elif not _is_state_dict(obj):
+        found = next((k for k in WRAPPER_KEYS if k in obj and _is_state_dict(obj[k])), None)
+        if found is None:
+            raise PfdeployError(
+                "checkpoint holds no state_dict (looked for tensors at the top level and under "
+                f"{', '.join(WRAPPER_KEYS)}); pass a plain state_dict"
+            )
+        obj = obj[found]
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    )
+
+
+def _resize_grid(param: torch.Tensor, target: torch.Size) -> torch.Tensor:
+    """Bicubically resize a square-grid position embedding to `target`'s grid."""
+    if param.dim() == 4:  # PiT: (1, C, side, side)
+        return F.interpolate(param, size=tuple(target[2:]), mode="bicubic", align_corners=False)
+    side, new_side = int(param.shape[1] ** 0.5), int(target[1] ** 0.5)  # ViT: (1, side*side, C)
+    grid = param.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise a PfdeployError naming the first missing, unexpected and wrong-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shaped):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)):
+        if items:
+            more = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+            parts.append(f"{label}: {', '.join(items[:SHOWN])}{more}")
+    cfg = getattr(model, "pretrained_cfg", None)
+    guess = suggest_model(state)
+    hint = f"; the keys look like {guess!r}" if guess and (cfg is None or guess != cfg.name) else ""
+    name = cfg.name if cfg else type(model).__name__
+    raise PfdeployError(f"checkpoint does not fit {name}: {'; '.join(parts)}{hint}")
+
+
+def suggest_model(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered model whose state_dict layout best matches `state` (None if nothing fits)."""
+    from pfdeploy.models.registry import create_model, list_models
+
+    given = {(k, tuple(v.shape)) for k, v in state.items()}
+    best, best_score = None, 0.0
+    for name in list_models():
+        with torch.device("meta"):
+            layout = {(k, tuple(v.shape)) for k, v in create_model(name).state_dict().items()}
+        score = len(given & layout) / len(given | layout)
+        if score > best_score:
+            best, best_score = name, score
+    return best if best_score > 0.5 else None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, key: str | None = None) -> nn.Module:
+    """Load `path` into `model` strictly and return it (in eval mode).
+
+    Accepts a plain state_dict or one under `model`, `state_dict` or `model_ema` (or `key`),
+    strips a `module.` prefix, and resizes a position embedding whose grid differs (bicubic).
+    Loading uses `weights_only=True`: a checkpoint that carries code is refused, never executed.
+    """
+    state = state_dict_from_checkpoint(read_checkpoint(path), key)
+    own = model.state_dict()
+    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
+        if state["pos_embed"].dim() == own["pos_embed"].dim():
+            log.warning("resizing pos_embed %s -> %s", tuple(state["pos_embed"].shape),
+                        tuple(own["pos_embed"].shape))
+            state["pos_embed"] = _resize_grid(state["pos_embed"], own["pos_embed"].shape)
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,107 @@
+"""PiT without class token whose odd blocks (within each stage) use the max-pool token mixer."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pfdeploy.models.layers import LAYER_NORM_EPS, Block, mixer_is_pooling
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Spatial size after a convolution."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class PatchConv(nn.Module):
+    """Overlapping patch embedding: Conv2d(in, C0, kernel=patch, stride), padding 0."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, patch_size, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class PoolingConv(nn.Module):
+    """Depthwise-grouped 3x3 stride-2 conv that halves the grid and widens channels."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, groups=in_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Stage(nn.Module):
+    """A stage of blocks over a static (side x side) grid, taking and returning NCHW maps."""
+
+    def __init__(self, dim: int, depth: int, heads: int, side: int, pooling: bool, mlp_ratio: float):
+        super().__init__()
+        self.dim = dim
+        self.side = side
+        self.blocks = nn.Sequential(
+            *[Block(dim, heads, side, mixer_is_pooling(j, pooling), mlp_ratio) for j in range(depth)]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.blocks(x.flatten(2).transpose(1, 2))
+        return tokens.transpose(1, 2).reshape(-1, self.dim, self.side, self.side)
+
+
+class PFPiT(nn.Module):
+    """PiT: conv patch embedding + pos_embed, three stages joined by pooling convs, norm, mean, head."""
+
+    def __init__(
+        self,
+        base_dim: int = 48,
+        depth: Sequence[int] = (2, 6, 4),
+        heads: Sequence[int] = (3, 6, 12),
+        patch_size: int = 16,
+        stride: int = 8,
+        pooling: bool = True,
+        img_size: int = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        if len(depth) != len(heads):
+            raise ValueError("depth and heads must have one entry per stage")
+        self.img_size = img_size
+        dims = [base_dim * h for h in heads]
+        side = conv_out(img_size, patch_size, stride, 0)
+        self.pos_embed = nn.Parameter(torch.zeros(1, dims[0], side, side))
+        self.patch_embed = PatchConv(in_chans, dims[0], patch_size, stride)
+        stages, pools = [], []
+        for index, (dim, blocks, num_heads) in enumerate(zip(dims, depth, heads)):
+            stages.append(Stage(dim, blocks, num_heads, side, pooling, mlp_ratio))
+            if index + 1 < len(dims):
+                pools.append(PoolingConv(dim, dims[index + 1]))
+                side = conv_out(side, 3, 2, 1)
+        self.transformers = nn.ModuleList(stages)
+        self.pools = nn.ModuleList(pools)
+        self.norm = nn.LayerNorm(dims[-1], eps=LAYER_NORM_EPS)
+        self.num_features = dims[-1]
+        self.head = nn.Linear(dims[-1], num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Image batch -> normalized tokens of the last stage (N, tokens, C_last)."""
+        x = self.patch_embed(x) + self.pos_embed
+        for index, stage in enumerate(self.transformers):
+            x = stage(x)
+            if index < len(self.pools):
+                x = self.pools[index](x)
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Tokens -> logits (mean over tokens, then `head`)."""
+        return self.head(x.mean(dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
