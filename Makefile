@@ -26,7 +26,9 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/pfdeploy list
-	$(VENV)/bin/pfdeploy info r50_hybrid
+	$(VENV)/bin/pfdeploy deploy r50_hybrid --precision fp32,fp16 --out demo-out/r50_hybrid --verify-samples 4
+	$(VENV)/bin/pfdeploy deploy --fixture r50_hybrid_digits --precision fp32,fp16,int8 --out demo-out/r50_hybrid_digits
+	$(VENV)/bin/pfdeploy triton demo-out/r50_hybrid_digits/*.onnx --repo demo-out/triton --dynamic-batching
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from pfdeploy import __version__
 from pfdeploy.errors import PfdeployError
@@ -21,7 +21,7 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
     """Left-aligned plain-text table of `rows` restricted to `columns`."""
     cells = [[str(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
@@ -75,11 +75,429 @@ def run_info(args) -> int:
     return 0
 
 
+# --- triton (helper E) -------------------------------------------------------------------------
+
+
+def add_triton(sub) -> None:
+    p = sub.add_parser("triton", help="write a Triton Inference Server model repository from artifacts")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx files and/or .plan engines")
+    p.add_argument("--repo", required=True, metavar="DIR", help="model repository folder (created)")
+    p.add_argument("--max-batch", type=int, help="max_batch_size (default: engine profile max, 32 for ONNX)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    p.add_argument("--dynamic-batching", action="store_true", help="enable Triton's dynamic batcher")
+    p.add_argument("--preferred-batch", help="comma-separated preferred batch sizes for the batcher")
+    p.add_argument("--queue-delay-us", type=int, default=100, help="batcher max queue delay (default 100)")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="instance kind")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="engines: no CUDA-graph optimization")
+    p.add_argument("--name", action="append", help="model name per artifact (default: from the file name)")
+
+
+def run_triton(args) -> int:
+    from pfdeploy.triton import TritonOptions, repository_from_artifacts
+
+    preferred = None
+    if args.preferred_batch:
+        try:
+            preferred = tuple(int(b) for b in args.preferred_batch.split(","))
+        except ValueError:
+            bad = args.preferred_batch
+            raise PfdeployError(f"--preferred-batch wants integers like 8,32, got {bad!r}") from None
+    options = TritonOptions(
+        max_batch=args.max_batch,
+        instances=args.instances,
+        dynamic_batching=args.dynamic_batching,
+        preferred_batch=preferred,
+        queue_delay_us=args.queue_delay_us,
+        device=args.device,
+        cuda_graphs=not args.no_cuda_graphs,
+    )
+    models = repository_from_artifacts(args.artifacts, args.repo, options, args.name)
+    rows = [
+        {"model": m.name, "platform": m.platform, "max batch": m.config["max_batch_size"],
+         "config": m.config_path}
+        for m in models
+    ]
+    print(_table(rows, ["model", "platform", "max batch", "config"]))
+    print(f"serve with: tritonserver --model-repository {args.repo}")
+    return 0
+
+
+# --- build-engine (helper C) -------------------------------------------------------------------
+
+
+def add_build_engine(sub) -> None:
+    p = sub.add_parser(
+        "build-engine", help="compile a strongly typed ONNX (FP32/FP16/INT8 Q/DQ) into a TensorRT engine"
+    )
+    p.add_argument("onnx", metavar="ONNX", help="ONNX file made by `pfdeploy export` / `pfdeploy quantize`")
+    p.add_argument("--output", "-o", metavar="PLAN", help="engine path (default: ONNX with .plan)")
+    p.add_argument("--batch", metavar="MIN,OPT,MAX", help="batch range of the profile (default 1,8,32 for a "
+                   "dynamic batch, the fixed batch otherwise)")
+    p.add_argument("--workspace", type=float, metavar="GiB", help="workspace memory pool limit in GiB")
+    p.add_argument("--opt-level", type=int, default=3, choices=range(0, 6), metavar="0-5",
+                   help="TensorRT builder optimization level (default 3)")
+    p.add_argument("--timing-cache", metavar="PATH", help="timing cache file: read, then updated")
+    p.add_argument("--hardware-compat", default="none", choices=["none", "ampere+", "same-cc"],
+                   help="ampere+: any Ampere or newer GPU; same-cc: GPUs of this compute capability")
+    p.add_argument("--version-compatible", action="store_true", help="engine also loads on newer TensorRT")
+    p.add_argument("--inspect", action="store_true", help="save the engine's layer info as PLAN.layers.json")
+    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_build_engine(args) -> int:
+    from pfdeploy.engines import engine_from_onnx
+    from pfdeploy.engines.profile import parse_batch_range
+
+    batch = parse_batch_range(args.batch) if args.batch else None
+    result = engine_from_onnx(
+        args.onnx, args.output, batch=batch, workspace_gib=args.workspace, opt_level=args.opt_level,
+        timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
+        version_compatible=args.version_compatible, inspect=args.inspect, force=args.force,
+        progress=not args.no_progress,
+    )
+    m = result.manifest
+    if result.reused:
+        print(f"reused {result.path}: same ONNX, options, GPU and TensorRT (pass --force to rebuild)")
+    else:
+        print(f"built {result.path} ({m['plan']['bytes'] / 1e6:.1f} MB, {m['precision']}, batch "
+              f"{m['batch']['min']}-{m['batch']['max']}) in {m['build_seconds']:.1f} s on "
+              f"{m['environment']['gpu_name']} with TensorRT {m['environment']['tensorrt_version']}")
+    print(f"manifest {result.manifest_path}")
+    if m.get("layer_info"):
+        print(f"layer info {result.path.parent / m['layer_info']}")
+    return 0
+
+
+# --- export / verify (helper A) ----------------------------------------------------------------
+
+
+def _batch_arg(value: str):
+    if value == "dynamic":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch must be 'dynamic' or an integer, not {value!r}") from None
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a registered model to ONNX (fp32/fp16, dynamic batch)")
+    p.add_argument("name", help="registered model name or alias (see `pfdeploy list`)")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights (.pth state_dict); without it: RANDOM weights")
+    p.add_argument("--output", "-o", metavar="PATH", help="ONNX file (default: NAME[.fp16][.uint8].onnx)")
+    p.add_argument("--batch", type=_batch_arg, default="dynamic", help="'dynamic' (default) or a fixed N")
+    p.add_argument("--img-size", type=int, metavar="N", help="input resolution (default: the model's)")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset, 18..23 (default 20: GELU as one Gelu op)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--input-format", choices=("float-nchw", "uint8-nhwc"), default="float-nchw",
+                   help="uint8-nhwc: raw RGB bytes in, normalization and layout change inside the graph")
+    p.add_argument("--fp16-io", action="store_true", help="fp16 graphs: FP16 input/output instead of FP32")
+
+
+def run_export(args) -> int:
+    from pfdeploy.export import describe_onnx, onnx_from_model
+    from pfdeploy.models import resolve_name
+
+    name = resolve_name(args.name)
+    suffix = ("" if args.precision == "fp32" else f".{args.precision}") + (
+        ".uint8" if args.input_format == "uint8-nhwc" else "")
+    output = args.output or f"{name}{suffix}.onnx"
+    path = onnx_from_model(name, output, checkpoint=args.checkpoint, batch=args.batch, img_size=args.img_size,
+                           opset=args.opset, precision=args.precision, input_format=args.input_format,
+                           keep_io_types=not args.fp16_io)
+    info = describe_onnx(path)
+    print(f"{path}: {info['nodes']} nodes, {info['parameters'] / 1e6:.2f}M parameters, "
+          f"input {info['inputs'][0]['dtype']}{info['inputs'][0]['shape']}, "
+          f"weights {info['metadata'].get('pfdeploy.checkpoint_sha256', '?')[:12]}")
+    return 0
+
+
+def add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="compare an ONNX artifact with its PyTorch model; PASS/FAIL")
+    p.add_argument("artifact", help="ONNX file written by pfdeploy (fp32, fp16 or int8)")
+    p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint the artifact was exported from")
+    p.add_argument("--samples", type=int, default=8, help="images per input source (default 8)")
+    p.add_argument("--data", metavar="DIR", help="also compare on real images from this folder")
+    p.add_argument("--batch", type=int, default=4, help="batch size for dynamic-batch graphs (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+
+
+def run_verify(args) -> int:
+    from pfdeploy._io import write_json_atomic
+    from pfdeploy.runtime.verify import verify_artifact
+
+    report = verify_artifact(args.artifact, checkpoint=args.checkpoint, samples=args.samples,
+                             data=args.data, batch=args.batch, seed=args.seed)
+    print(report.format())
+    if args.json:
+        write_json_atomic(args.json, report.to_dict())
+    return 0 if report.passed else 1
+
+
+# --- deploy (helper E) -------------------------------------------------------------------------
+
+
+def add_deploy(sub) -> None:
+    p = sub.add_parser("deploy", help="export, verify, convert, quantize, build engines, benchmark: "
+                       "artifacts plus report.json / report.md")
+    p.add_argument("name", nargs="?", help="registered model name (or use --fixture)")
+    p.add_argument("--fixture", metavar="NAME",
+                   help="a trained fixture of tests/fixtures/trained/fixtures.json (its model, classes, "
+                   "overrides, checkpoint, preprocessing, calibration and val images)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="weights (.pth); without it: random weights, labelled so")
+    p.add_argument("--num-classes", type=int, help="classifier size of the checkpoint (default: registry's)")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="create_model override, JSON value (e.g. layers=[1,1,1,1]); repeatable")
+    p.add_argument("--precision", help="comma-separated subset of fp32,fp16,int8 "
+                   "(default fp32,fp16, plus int8 when --calib-data is given)")
+    p.add_argument("--calib-data", metavar="DIR", help="calibration images for INT8")
+    p.add_argument("--calib-images", type=int, help="calibration images to use (default 512)")
+    p.add_argument("--calib-method", choices=["entropy", "percentile", "minmax"], help="default entropy")
+    p.add_argument("--input-format", choices=["float-nchw", "uint8-nhwc"],
+                   help="graph input: normalized float NCHW (default) or raw uint8 NHWC pixels")
+    p.add_argument("--int8-target", choices=["tensorrt", "cpu"],
+                   help="INT8 graph for TensorRT (default; symmetric Q/DQ) or for ONNX Runtime CPU kernels")
+    p.add_argument("--val-data", metavar="DIR", help="images for verification against PyTorch (optional)")
+    p.add_argument("--verify-samples", type=int, help="images per verification source (default 8)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default deploy-out/<name>)")
+    p.add_argument("--engines", choices=["auto", "yes", "no"], default="auto",
+                   help="TensorRT engines: auto = when TensorRT and a GPU are present (default)")
+    p.add_argument("--engine-batch", default="1,8,32", help="engine profile MIN,OPT,MAX (default 1,8,32)")
+    p.add_argument("--bench-batch", default="1,8", help="benchmark batch sizes (default 1,8)")
+    p.add_argument("--bench-seconds", type=float, default=1.0,
+                   help="seconds per artifact and batch (default 1)")
+    p.add_argument("--force", action="store_true", help="redo every step even when its inputs are unchanged")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the tables")
+
+
+def _deploy_options(args):
+    from pathlib import Path
+
+    from pfdeploy.deploy import DeployOptions, options_for_fixture, parse_overrides
+    from pfdeploy.engines.profile import parse_batch_range
+
+    if bool(args.name) == bool(args.fixture):
+        raise PfdeployError("deploy needs a model NAME or --fixture NAME (not both); see `pfdeploy list`")
+    common = {
+        "precisions": args.precision, "engines": args.engines, "force": args.force,
+        "engine_batch": parse_batch_range(args.engine_batch), "bench_batches": args.bench_batch,
+        "bench_seconds": args.bench_seconds,
+    }
+    optional = {"calib_images": args.calib_images, "calib_method": args.calib_method,
+                "int8_target": args.int8_target, "input_format": args.input_format,
+                "verify_samples": args.verify_samples}
+    common.update({k: v for k, v in optional.items() if v is not None})
+    paths = {"calib_data": args.calib_data, "val_data": args.val_data, "checkpoint": args.checkpoint}
+    paths = {k: Path(v) for k, v in paths.items() if v is not None}
+    stem = args.fixture or args.name
+    out = Path(args.out or Path("deploy-out") / stem)
+    if args.fixture:
+        if args.override or args.num_classes is not None:
+            raise PfdeployError("--fixture sets the classes and overrides; drop --num-classes/--override")
+        return options_for_fixture(args.fixture, out, **paths, **common)
+    overrides = parse_overrides(args.override)
+    return DeployOptions(args.name, out, num_classes=args.num_classes, overrides=overrides, **paths, **common)
+
+
+def run_deploy(args) -> int:
+    from pfdeploy.deploy import deploy, tables_from_report
+
+    report = deploy(_deploy_options(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(tables_from_report(report))
+    out = report["options"]["out"]
+    print(f"report: {out}/report.md, {out}/report.json")
+    failed = [a["file"] for a in report["artifacts"] if not a.get("verify", {}).get("passed")]
+    if failed:
+        print(f"pfdeploy: verification FAILED for {', '.join(failed)} (see report.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- bench / predict / eval (helper D) ----------------------------------------------------------
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PfdeployError(f"--batch takes comma-separated integers like 1,8,32, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise PfdeployError(f"--batch takes positive integers like 1,8,32, got {text!r}")
+    return values
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="backend (default: from the artifact: .onnx -> onnxruntime, .plan -> tensorrt, "
+                        "model name -> torch)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="default: cuda for TensorRT engines, else cpu")
+    p.add_argument("--checkpoint", metavar="PTH", help="weights for a model name (torch backend)")
+    p.add_argument("--preprocess", metavar="JSON", help="override the recorded preprocessing: a JSON "
+                   "object or file with size, crop_pct, interpolation, mean, std")
+
+
+def _runtime_options(args) -> dict:
+    options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if getattr(args, "preprocess", None):
+        from pathlib import Path
+
+        from pfdeploy.calibration.preprocess import Preprocess
+
+        text = Path(args.preprocess).read_text() if Path(args.preprocess).is_file() else args.preprocess
+        try:
+            options["preprocess"] = Preprocess.from_dict(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise PfdeployError(f"--preprocess is not a Preprocess JSON object ({exc})") from None
+    return options
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="throughput and latency of artifacts side by side (interleaved)")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help=".onnx/.plan files or model names")
+    _runtime_args(p)
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per target and batch")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls per target and batch")
+    p.add_argument("--json", metavar="PATH", help="write the report (schema pfdeploy.bench/1) here")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of img/s vs batch (needs matplotlib)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], help="torch backend: compute precision")
+    p.add_argument("--channels-last", action="store_true", help="torch backend: channels-last memory format")
+    p.add_argument("--cuda-graph", action="store_true", help="torch/tensorrt on CUDA: replay CUDA graphs")
+
+
+def run_bench(args) -> int:
+    from pfdeploy._io import write_json_atomic
+    from pfdeploy.runtime.bench import benchmark, format_table, plot_throughput
+
+    options = _runtime_options(args)
+    if args.precision:
+        options["precision"] = args.precision
+    if args.channels_last:
+        options["channels_last"] = True
+    if args.cuda_graph:
+        options["cuda_graph"] = True
+    report = benchmark(args.targets, _batches(args.batch), args.seconds, args.warmup, backend=args.backend,
+                       device=args.device, **options)
+    print(format_table(report))
+    if args.json:
+        print(f"wrote {write_json_atomic(args.json, report)}")
+    if args.plot:
+        print(f"wrote {plot_throughput(report, args.plot)}")
+    return 0
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True, metavar="ARTIFACT", help=".onnx/.plan file or model name")
+    _runtime_args(p)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_predict(args) -> int:
+    from pfdeploy.runtime.predict import predict
+
+    results = predict(args.images, args.model, top_k_count=args.top_k, labels=args.labels,
+                      backend=args.backend, device=args.device, **_runtime_options(args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        best = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in result["top"])
+        print(f"{result['image']}: {best}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy on an ImageNet-style folder DIR/<class>/*")
+    p.add_argument("artifact", metavar="ARTIFACT", help=".onnx/.plan file or model name")
+    p.add_argument("--data", required=True, metavar="DIR")
+    _runtime_args(p)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--limit", type=int, help="evaluate N images drawn with a fixed seed (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_eval(args) -> int:
+    from pfdeploy.runtime.predict import evaluate
+
+    report = evaluate(args.artifact, args.data, batch=args.batch, limit=args.limit, backend=args.backend,
+                      device=args.device, **_runtime_options(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.artifact}: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  "
+              f"({report['images']} images, {report['classes']} classes, {report['backend']} "
+              f"{report['device']} {report['precision']})")
+    return 0
+
+
+# --- quantize (calibration / INT8) --------------------------------------------------------------
+
+
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="calibrate an FP32 ONNX graph on images and write an INT8 Q/DQ graph")
+    p.add_argument("onnx", help="FP32 ONNX file from `pfdeploy export`")
+    p.add_argument("--calib-data", required=True, metavar="SRC",
+                   help="class folder (DIR/<class>/*.jpg), flat folder of images, or .npy/.npz array")
+    p.add_argument("--num-images", type=int, default=512, help="calibration images (default 512)")
+    p.add_argument("--method", choices=("entropy", "percentile", "minmax"), default="entropy")
+    p.add_argument("--output", metavar="PATH", help="default: <name>.int8.onnx (or .int8-cpu.onnx) beside the input")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names to keep in float")
+    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="tensorrt: symmetric INT8 for TensorRT (default); cpu: the same quantization "
+                        "re-encoded for ONNX Runtime's x86 kernels (u8 activations, ReLU folded)")
+    p.add_argument("--quantizer", choices=("ort", "modelopt"), default="ort",
+                   help="onnxruntime.quantization (default) or NVIDIA ModelOpt's ONNX quantizer when installed")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling --num-images (default 0)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="calibration cache (default $PFDEPLOY_CACHE or ~/.cache/pfdeploy)")
+
+
+def run_quantize(args) -> int:
+    import onnx
+
+    from pfdeploy.calibration import int8_from_onnx
+    from pfdeploy.calibration.qdq import ort_kernel_report, placement_report
+
+    out = int8_from_onnx(args.onnx, args.calib_data, args.output, num_images=args.num_images, method=args.method,
+                         exclude=args.exclude, seed=args.seed, cache_dir=args.cache_dir, target=args.target,
+                         quantizer=args.quantizer)
+    placement, kernels = placement_report(onnx.load(str(out), load_external_data=False)), ort_kernel_report(str(out))
+    rows = [{"op": op, "in graph": "int8", "count": n, "why": ""} for op, n in sorted(placement["int8"].items())]
+    rows += [{"op": op, "in graph": "float", "count": n, "why": placement["reasons"].get(op, "")}
+             for op, n in sorted(placement["float"].items())]
+    print(_table(rows, ["op", "in graph", "count", "why"]))
+    fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"  # noqa: E731
+    print(f"ONNX Runtime CPU kernels, int8: {fmt(kernels['int8'])}")
+    print(f"ONNX Runtime CPU kernels, float: {fmt(kernels['float'])}")
+    print(f"wrote {out}")
+    return 0
+
+
 # --- registry of subcommands (one line per command) --------------------------------------------
 
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("list", add_list, run_list),
     ("info", add_info, run_info),
+    ("export", add_export, run_export),
+    ("verify", add_verify, run_verify),
+    ("triton", add_triton, run_triton),
+    ("deploy", add_deploy, run_deploy),
+    ("build-engine", add_build_engine, run_build_engine),
+    ("bench", add_bench, run_bench),
+    ("predict", add_predict, run_predict),
+    ("eval", add_eval, run_eval),
+    ("quantize", add_quantize, run_quantize),
 ]
 
 

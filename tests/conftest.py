@@ -1,23 +1,9 @@
-"""Shared test fixtures: the model registry, layout files, and skips for GPU/TensorRT tests."""
+"""Test-wide setup: skip GPU/TensorRT tests with a reason where the hardware or library is absent."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-
-FIXTURES = Path(__file__).parent / "fixtures"
-LAYOUTS = FIXTURES / "pflayer_layout"
-BIG_MODELS = {"vit_b_max", "pit_b_max"}
-
-torch.set_num_threads(max(1, torch.get_num_threads()))
-
-
-def layout(name: str) -> dict:
-    """The published checkpoint layout (keys, shapes, parameters, MACs) of a layout file."""
-    return json.loads((LAYOUTS / f"{name}.json").read_text())
 
 
 def pytest_collection_modifyitems(config, items):

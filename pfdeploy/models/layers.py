@@ -6,6 +6,7 @@ graph has static reshapes (a dynamic batch only) and no shape arithmetic.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,7 +28,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         qkv = self.qkv(x).reshape(-1, self.tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if torch.onnx.is_in_onnx_export():
+            # The same math written out: exports as MatMul/Softmax/MatMul with static shapes,
+            # where the exporter's SDPA decomposition reads shapes at run time (Shape/Concat).
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            out = attn.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(-1, self.tokens, self.dim))
 
 
@@ -48,8 +55,11 @@ class MaxPoolMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.gelu(self.qkv(x))
-        grid = x.transpose(1, 2).reshape(-1, self.hidden, self.side, self.side)
-        x = self.pool(grid).flatten(2).transpose(1, 2)
+        # Tokens are an NHWC grid; the NCHW pool sees it through permute(0, 3, 1, 2) (a view in
+        # PyTorch). Exported, that Transpose pair is the pattern ONNX Runtime folds into its
+        # channels-last NCHWc reorders, so the mixer runs without any standalone Transpose.
+        grid = x.reshape(-1, self.side, self.side, self.hidden).permute(0, 3, 1, 2)
+        x = self.pool(grid).permute(0, 2, 3, 1).reshape(-1, self.side * self.side, self.hidden)
         return self.proj(F.gelu(x))
 
 

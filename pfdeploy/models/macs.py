@@ -42,7 +42,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], attention: bo
     handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in counters]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            device = next(model.parameters()).device  # "meta" counts without computing
+            model(torch.zeros(1, *input_size, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +49,10 @@ class Stage(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.blocks(x.flatten(2).transpose(1, 2))
-        return tokens.transpose(1, 2).reshape(-1, self.dim, self.side, self.side)
+        # NCHW <-> tokens through an NHWC view (permute then reshape): ONNX Runtime folds these
+        # Transposes into the channels-last reorders of the neighbouring NCHWc convolutions.
+        tokens = self.blocks(x.permute(0, 2, 3, 1).reshape(-1, self.side * self.side, self.dim))
+        return tokens.reshape(-1, self.side, self.side, self.dim).permute(0, 3, 1, 2)
 
 
 class PFPiT(nn.Module):
@@ -78,7 +80,7 @@ class PFPiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, dims[0], side, side))
         self.patch_embed = PatchConv(in_chans, dims[0], patch_size, stride)
         stages, pools = [], []
-        for index, (dim, blocks, num_heads) in enumerate(zip(dims, depth, heads)):
+        for index, (dim, blocks, num_heads) in enumerate(zip(dims, depth, heads, strict=True)):
             stages.append(Stage(dim, blocks, num_heads, side, pooling, mlp_ratio))
             if index + 1 < len(dims):
                 pools.append(PoolingConv(dim, dims[index + 1]))
@@ -97,7 +99,7 @@ class PFPiT(nn.Module):
             x = stage(x)
             if index < len(self.pools):
                 x = self.pools[index](x)
-        return self.norm(x.flatten(2).transpose(1, 2))
+        return self.norm(x.permute(0, 2, 3, 1).flatten(1, 2))
 
     def forward_head(self, x: Tensor) -> Tensor:
         """Tokens -> logits (mean over tokens, then `head`)."""

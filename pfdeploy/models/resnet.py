@@ -6,7 +6,7 @@ Module names follow the authors' reference code so that published checkpoints lo
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from pfdeploy.models.layers import MaxPoolMixer
@@ -29,7 +30,8 @@ def parameter_free_layers(model: nn.Module) -> list[str]:
 def model_summary(name: str, **overrides: Any) -> dict[str, Any]:
     """Name, paper name, parameters, MACs, parameter-free layers and preprocessing of a model."""
     cfg = get_config(name)
-    model = create_model(cfg.name, **overrides)
+    with torch.device("meta"):  # shapes only: no weights are allocated or initialised
+        model = create_model(cfg.name, **overrides)
     size = model.img_size
     return {
         "name": cfg.name,

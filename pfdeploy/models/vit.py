@@ -16,7 +16,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.proj(x).permute(0, 2, 3, 1).flatten(1, 2)  # NHWC view: see layers.MaxPoolMixer
 
 
 class PFViT(nn.Module):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import layout
 from pfdeploy.errors import PfdeployError
 from pfdeploy.models import (
     count_macs,
@@ -17,11 +19,17 @@ from pfdeploy.models import (
     parameter_free_layers,
 )
 
+LAYOUTS = Path(__file__).resolve().parents[1] / "fixtures" / "pflayer_layout"
 ALL = list_models()
 EXPECTED_NAMES = {
     "r50", "r50_max", "r50_hybrid", "vit_ti_max", "vit_s_max", "vit_b_max", "vit_s",
     "pit_ti_max", "pit_s_max", "pit_b_max",
 }
+
+
+def layout(name: str) -> dict:
+    """The published checkpoint layout (keys, shapes, parameters, MACs) of a layout file."""
+    return json.loads((LAYOUTS / f"{name}.json").read_text())
 
 
 def test_registry_has_every_model():

@@ -1,0 +1,230 @@
+"""Image sources for calibration, `verify --data` and evaluation.
+
+A source is an ImageNet-style class folder (`DIR/<class>/*.jpg`, labels from the sorted class
+names), a flat folder of images, or an `.npy`/`.npz` array of images (N, H, W[, 3]) uint8. Images
+are decoded with Pillow; unreadable files are skipped and counted, never fatal; images larger than
+`max_pixels` (decompression bombs) are refused before they are decoded. Order and sampling are
+deterministic: all images in sorted order, or `num_images` of them drawn by `seed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pfdeploy.calibration.preprocess import Preprocess, crop_uint8, normalize_uint8
+from pfdeploy.errors import PfdeployError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+ARRAY_SUFFIXES = {".npy", ".npz"}
+ARRAY_KEYS = ("images", "x", "data", "arr_0")
+LABEL_KEYS = ("labels", "y", "targets")
+MAX_PIXELS = 64_000_000  # ~8000x8000: far beyond any classification input, well below a bomb
+
+
+@dataclass
+class ImageStats:
+    """What a source held and what became of it (updated while images are read)."""
+
+    source: str
+    kind: str  # "class-folder" | "flat-folder" | "array"
+    found: int = 0
+    selected: int = 0
+    loaded: int = 0
+    skipped: int = 0  # unreadable
+    refused: int = 0  # over max_pixels (decompression bombs)
+    classes: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)  # first few skipped/refused, with the reason
+
+    def note(self, what: str, ref: str, reason: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+        if len(self.examples) < 5:
+            self.examples.append(f"{ref}: {reason}")
+        log.warning("%s %s (%s)", what, ref, reason)
+
+    def summary(self) -> str:
+        """One line: 'loaded 512 of 1000 images from DIR (2 unreadable skipped, 0 refused)'."""
+        return (f"loaded {self.loaded} of {self.found} images from {self.source} "
+                f"({self.skipped} unreadable skipped, {self.refused} refused as too large)")
+
+
+@dataclass(frozen=True)
+class _Item:
+    ref: Path | int  # a file, or an index into the array
+    label: int  # -1 when the source has no labels
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _folder_items(root: Path, stats: ImageStats) -> list[_Item]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [c for c in classes if any(_is_image(p) for p in (root / c).rglob("*"))]
+    if classes:
+        stats.kind, stats.classes = "class-folder", classes
+        return [
+            _Item(p, label)
+            for label, name in enumerate(classes)
+            for p in sorted((root / name).rglob("*"))
+            if _is_image(p)
+        ]
+    stats.kind = "flat-folder"
+    return [_Item(p, -1) for p in sorted(root.iterdir()) if _is_image(p)]
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise PfdeployError(f"{path} is not a readable .npy/.npz array ({exc}); save it with numpy.save") from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded, None
+    with loaded:
+        key = next((k for k in ARRAY_KEYS if k in loaded.files), None)
+        if key is None and len(loaded.files) == 1:
+            key = loaded.files[0]
+        if key is None:
+            raise PfdeployError(f"{path} holds {loaded.files}; name the image array one of {ARRAY_KEYS}")
+        labels_key = next((k for k in LABEL_KEYS if k in loaded.files), None)
+        return loaded[key], (loaded[labels_key] if labels_key else None)
+
+
+def _as_nhwc_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    """(N,H,W), (N,H,W,1|3) or (N,3,H,W) uint8 (or float in [0, 1]) -> (N,H,W,C) uint8."""
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4:
+        raise PfdeployError(f"{path}: expected images shaped (N, H, W[, 3]), got {array.shape}")
+    if array.shape[-1] not in (1, 3) and array.shape[1] in (1, 3):
+        array = np.moveaxis(array, 1, -1)
+    if array.shape[-1] not in (1, 3):
+        raise PfdeployError(f"{path}: expected 1 or 3 channels, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+            raise PfdeployError(f"{path}: expected uint8 images or floats in [0, 1], got {array.dtype}")
+        array = np.round(array * 255.0).astype(np.uint8)
+    return array
+
+
+def _open_file(path: Path, max_pixels: int) -> Image.Image:
+    """Decode one file, refusing anything over `max_pixels` before decoding its pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > max_pixels:
+                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels > {max_pixels}")
+            image.load()
+            return image.convert("RGB")
+
+
+class ImageSource:
+    """A resolved image source: its items (files or array rows) and labels."""
+
+    def __init__(self, source: str | Path, *, max_pixels: int = MAX_PIXELS):
+        path = Path(source)
+        self.path, self.max_pixels, self.array = path, max_pixels, None
+        self.stats = ImageStats(str(path), "flat-folder")
+        if path.is_dir():
+            self.items = _folder_items(path, self.stats)
+        elif path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
+            array, labels = _read_array(path)
+            self.array, self.stats.kind = _as_nhwc_uint8(array, path), "array"
+            labels = labels if labels is not None and len(labels) == len(self.array) else None
+            self.items = [_Item(i, int(labels[i]) if labels is not None else -1) for i in range(len(self.array))]
+        elif not path.exists():
+            raise PfdeployError(f"image source {path} does not exist; pass a folder of images or an .npy/.npz file")
+        else:
+            raise PfdeployError(f"{path} is not an image source; pass a folder of images or an .npy/.npz file")
+        self.stats.found = len(self.items)
+        if not self.items:
+            raise PfdeployError(
+                f"no images in {path}; expected image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                "directly inside it or in one folder per class"
+            )
+
+    def select(self, num_images: int | None, seed: int) -> list[_Item]:
+        """All items in order, or a seeded random order to draw `num_images` from."""
+        if num_images is not None and num_images < 1:
+            raise PfdeployError(f"--num-images must be at least 1, got {num_images}")
+        if num_images is None or num_images >= len(self.items):
+            return list(self.items)
+        order = np.random.default_rng(seed).permutation(len(self.items))
+        return [self.items[i] for i in order]
+
+    def open(self, item: _Item) -> Image.Image | None:
+        """The RGB image of `item`, or None (counted in stats) when it cannot be used."""
+        if self.array is not None:
+            pixels = self.array[item.ref]
+            return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
+        try:
+            return _open_file(item.ref, self.max_pixels)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            self.stats.note("refused", str(item.ref), f"decompression bomb: {exc}")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            self.stats.note("skipped", str(item.ref), f"{type(exc).__name__}: {exc}")
+        return None
+
+    def iter_labeled(self, num_images: int | None = None, seed: int = 0) -> Iterator[tuple[Image.Image, int]]:
+        """Yield (RGB image, label) for up to `num_images` readable images."""
+        want = len(self.items) if num_images is None else min(num_images, len(self.items))
+        self.stats.selected = want
+        for item in self.select(num_images, seed):
+            if self.stats.loaded >= want:
+                return
+            image = self.open(item)
+            if image is not None:
+                self.stats.loaded += 1
+                yield image, item.label
+
+
+def iter_images(source: str | Path, *, num_images: int | None = None, seed: int = 0,
+                max_pixels: int = MAX_PIXELS) -> tuple[Iterator[Image.Image], ImageStats]:
+    """(iterator of RGB PIL images, stats that fill in as it is consumed) for an image source."""
+    src = ImageSource(source, max_pixels=max_pixels)
+    return (image for image, _ in src.iter_labeled(num_images, seed)), src.stats
+
+
+def load_labeled(source: str | Path, pre: Preprocess, *, num_images: int | None = None, seed: int = 0,
+                 layout: str = "nchw", max_pixels: int = MAX_PIXELS,
+                 progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, ImageStats]:
+    """(batch, labels, stats): preprocessed images of a source and their labels (-1 if unlabeled).
+
+    `layout="nchw"` gives normalized float32 (N, 3, S, S); `"nhwc"` gives the uint8 crops
+    (N, S, S, 3) that a `uint8-nhwc` graph takes. Raises PfdeployError if nothing is readable.
+    """
+    from tqdm import tqdm
+
+    if layout not in ("nchw", "nhwc"):
+        raise PfdeployError(f"unknown layout {layout!r}; use nchw or nhwc")
+    src = ImageSource(source, max_pixels=max_pixels)
+    crops, labels = [], []
+    total = src.stats.found if num_images is None else min(num_images, src.stats.found)
+    bar = tqdm(src.iter_labeled(num_images, seed), total=total, desc="images", unit="img",
+               disable=(None if progress is None else not progress), leave=False)
+    for image, label in bar:
+        crops.append(crop_uint8(image, pre))
+        labels.append(label)
+    stats = src.stats
+    if not crops:
+        raise PfdeployError(f"none of the {stats.found} images in {source} could be read "
+                            f"({'; '.join(stats.examples[:2])}); check the files")
+    if stats.skipped or stats.refused:
+        log.warning("%s", stats.summary())
+    batch = np.stack(crops)
+    out = batch if layout == "nhwc" else normalize_uint8(batch, pre)
+    return out, np.asarray(labels, dtype=np.int64), stats
+
+
+def load_batch(source: str | Path, pre: Preprocess, *, num_images: int | None = None, seed: int = 0,
+               layout: str = "nchw", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Preprocessed images of a source as one array (see `load_labeled`)."""
+    return load_labeled(source, pre, num_images=num_images, seed=seed, layout=layout, max_pixels=max_pixels)[0]

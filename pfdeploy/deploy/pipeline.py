@@ -1,0 +1,202 @@
+"""`deploy`: checkpoint -> verified, benchmarked ONNX (fp32/fp16/int8) and TensorRT artifacts + report.
+
+Every option is validated before any work; every step is keyed on its inputs (see state.py), so a
+second run with unchanged inputs reuses everything and says so; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pfdeploy import __version__
+from pfdeploy._io import sha256_file, write_bytes_atomic, write_json_atomic
+from pfdeploy.deploy import steps
+from pfdeploy.deploy.options import DeployOptions, check_options
+from pfdeploy.deploy.state import StepState, fingerprint_dir, key_of
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "pfdeploy-deploy-report"
+REPORT_VERSION = 1
+
+
+def judged_sources(precision: str, sources: dict) -> list[str]:
+    """The verification sources an artifact's verdict rests on.
+
+    INT8 is judged on real images (`data`, from --val-data) when there are some: uniform noise and
+    synthetic images lie outside the calibration distribution, where INT8 ranges clip by design, so
+    their statistics are reported but do not decide. Every other case: all sources.
+    """
+    if precision == "int8" and "data" in sources:
+        return ["data"]
+    return list(sources)
+
+
+def verify_summary(result: dict, precision: str) -> dict[str, Any]:
+    """Verdict plus worst case over the judged sources: max |error|, max relative error, top-1/top-5
+    agreement, cosine; every source's statistics are kept under `sources`."""
+    sources = result.get("sources", {})
+    judged = judged_sources(precision, sources)
+    if not judged:
+        return {"passed": False, "judged_on": [], "sources": sources}
+    chosen = [sources[name] for name in judged]
+    return {
+        "passed": all(s["passed"] for s in chosen),
+        "judged_on": judged,
+        "failed_sources": [name for name, s in sources.items() if not s["passed"]],
+        "max_abs": max(s["max_abs"] for s in chosen),
+        "max_rel": max(s["max_rel"] for s in chosen),
+        "top1_agreement": min(s["top1"] for s in chosen),
+        "top5_agreement": min(s["top5"] for s in chosen),
+        "cosine": min(s["cosine"] for s in chosen),
+        "sources": sources,
+    }
+
+
+def _artifact_entry(path: Path, fmt: str, precision: str, step: dict) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "format": fmt,
+        "precision": precision,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "reused": bool(step.get("reused")),
+        "seconds": step.get("seconds"),
+    }
+
+
+def _onnx_artifacts(state: StepState, opts: DeployOptions, checkpoint_sha: str) -> dict[str, dict]:
+    """Export, convert and quantize: {precision: step result with "path"}; fp32 is always made
+    (the source of the others) but only the requested precisions are verified and benchmarked."""
+    made = {"fp32": steps.export_fp32(state, opts, checkpoint_sha)}
+    fp32 = made["fp32"]["path"]
+    if "fp16" in opts.precisions:
+        made["fp16"] = steps.fp16_graph(state, opts, fp32)
+    if "int8" in opts.precisions:
+        made["int8"] = steps.int8_graph(state, opts, fp32)
+    return made
+
+
+def _engines(state: StepState, opts: DeployOptions, env, onnx_entries: dict[str, dict]) -> list[dict]:
+    built = []
+    if env is None:
+        return built
+    for precision, entry in onnx_entries.items():
+        if precision == "int8" and opts.int8_target == "cpu":
+            log.info("no INT8 engine: the --int8-target cpu graph is for ONNX Runtime CPU, not TensorRT")
+            continue
+        result = steps.build_engine(state, opts, opts.out / entry["file"], precision)
+        plan = Path(result["path"])
+        item = _artifact_entry(plan, "tensorrt", precision, result)
+        item["verify"] = verify_summary(steps.verify_engine(opts, plan, opts.out / entry["file"], precision),
+                                        precision)
+        built.append(item)
+    return built
+
+
+def _accuracy(state: StepState, opts: DeployOptions, artifacts: list[dict], fp32: Path,
+              checkpoint_sha: str) -> dict | None:
+    """Top-1/top-5 of PyTorch (the reference) and of every artifact on labelled --val-data."""
+    if not steps.has_class_folders(opts.val_data):
+        return None
+    fp32_sha = sha256_file(fp32)
+    reference = steps.accuracy(state, opts, fp32, fp32_sha, checkpoint_sha, backend="torch")["result"]
+    for artifact in artifacts:
+        artifact["accuracy"] = steps.accuracy(state, opts, opts.out / artifact["file"], artifact["sha256"],
+                                              checkpoint_sha)["result"]
+    return reference
+
+
+def _bench(state: StepState, opts: DeployOptions, artifacts: list[dict]) -> dict:
+    """Benchmark every artifact in one interleaved run; rows go into each entry's `bench`, the full
+    pfdeploy.bench/1 JSON is returned (written as bench.json)."""
+    from pfdeploy.deploy.bench import bench_artifacts, rows_for
+
+    paths = [opts.out / a["file"] for a in artifacts]
+    inputs = {"artifacts": [a["sha256"] for a in artifacts], "batches": opts.bench_batches,
+              "seconds": opts.bench_seconds, "host": platform.node(), "cpu": platform.processor(),
+              "version": __version__}
+    step = state.run("bench", inputs, [],
+                     lambda: bench_artifacts(paths, opts.bench_batches, opts.bench_seconds))
+    for artifact in artifacts:
+        artifact["bench"] = rows_for(step["result"], opts.out / artifact["file"])
+    return step["result"]
+
+
+def _model_section(opts: DeployOptions, checkpoint_sha: str) -> dict[str, Any]:
+    return {
+        "name": opts.model, "label": opts.stem, "num_classes": opts.num_classes, "overrides": opts.overrides,
+        "checkpoint": None if opts.checkpoint is None else str(opts.checkpoint),
+        "checkpoint_sha256": checkpoint_sha, "random_weights": opts.checkpoint is None,
+        "preprocess": opts.preprocess,
+    }
+
+
+def report_from_run(opts: DeployOptions, state: StepState, checkpoint_sha: str, source: Path,
+                    artifacts: list[dict], reference: dict | None, engines: tuple[dict | None, str]) -> dict:
+    """The report.json dict of one run (see README, "Deploy")."""
+    from pfdeploy.runtime.bench import environment
+
+    env, note = engines
+    return {
+        "format": REPORT_FORMAT,
+        "report_version": REPORT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": _model_section(opts, checkpoint_sha),
+        "options": opts.to_dict(),
+        "inputs_key": key_of({"options": opts.to_dict(), "checkpoint": checkpoint_sha,
+                              "calib": fingerprint_dir(opts.calib_data), "val": fingerprint_dir(opts.val_data)}),
+        "source_fp32": source.name,
+        "accuracy_reference": reference,
+        "engines": {"status": "built" if env else ("not requested" if opts.engines == "no" else "skipped"),
+                    "note": note},
+        "steps": state.history,
+        "reused": all(s["reused"] for s in state.history),
+        "artifacts": artifacts,
+        "environment": environment(),
+    }
+
+
+def _verified_onnx(state: StepState, opts: DeployOptions, made: dict, checkpoint_sha: str) -> list[dict]:
+    artifacts = []
+    for precision in opts.precisions:
+        path = made[precision]["path"]
+        entry = _artifact_entry(path, "onnx", precision, made[precision])
+        verified = steps.verify_onnx(state, opts, path, entry["sha256"], checkpoint_sha)
+        entry["verify"] = verify_summary(verified["result"], precision)
+        artifacts.append(entry)
+    return artifacts
+
+
+def deploy(opts: DeployOptions) -> dict[str, Any]:
+    """Run the whole pipeline into `opts.out`; returns the report dict (also report.json / report.md)."""
+    import onnxruntime  # noqa: F401 - imported so that environment() reports its version
+    import torch  # noqa: F401
+
+    from pfdeploy.deploy.report import markdown_from_report, plot_from_bench
+
+    opts = check_options(opts)
+    engines = steps.engine_environment(opts.engines)  # `--engines yes` fails here, before any work
+    opts.out.mkdir(parents=True, exist_ok=True)
+    state = StepState(opts.out, force=opts.force)
+    checkpoint_sha = sha256_file(opts.checkpoint) if opts.checkpoint else "random"
+    if opts.checkpoint is None:
+        log.warning("no --checkpoint: %s is deployed with RANDOM weights (labelled so in the report)",
+                    opts.model)
+
+    made = _onnx_artifacts(state, opts, checkpoint_sha)
+    artifacts = _verified_onnx(state, opts, made, checkpoint_sha)
+    artifacts += _engines(state, opts, engines[0], {a["precision"]: a for a in artifacts})
+    reference = _accuracy(state, opts, artifacts, made["fp32"]["path"], checkpoint_sha)
+    bench = _bench(state, opts, artifacts)
+    write_json_atomic(opts.out / "bench.json", bench)
+    report = report_from_run(opts, state, checkpoint_sha, made["fp32"]["path"], artifacts, reference, engines)
+    plot = plot_from_bench(bench, opts.out / "throughput.png")
+    report["plot"] = plot.name if plot else None
+    write_json_atomic(opts.out / "report.json", report)
+    write_bytes_atomic(opts.out / "report.md", markdown_from_report(report).encode())
+    return report

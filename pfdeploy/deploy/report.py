@@ -1,0 +1,139 @@
+"""report.md (tables a person reads) and an optional throughput plot, both from the report dict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub-style markdown table of `rows` restricted to `columns`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _verdict(verify: dict[str, Any]) -> str:
+    if not verify:
+        return "-"
+    word = "PASS" if verify.get("passed") else "FAIL"
+    failed = verify.get("failed_sources") or []
+    if verify.get("passed") and failed:
+        return f"{word} on {', '.join(verify['judged_on'])} ({', '.join(failed)} outside tolerance)"
+    return f"{word} ({', '.join(failed)})" if failed else word
+
+
+def _summary_row(artifact: dict[str, Any]) -> dict[str, Any]:
+    verify = artifact.get("verify") or {}
+    bench = [b for b in artifact.get("bench") or [] if b.get("mode") == "end_to_end" and "img_per_s" in b]
+    best = max(bench, key=lambda b: b["img_per_s"], default={})
+    agree = verify.get("top1_agreement")
+    return {
+        "artifact": artifact["file"],
+        "format": artifact["format"],
+        "precision": artifact["precision"],
+        "size MB": f"{artifact['bytes'] / 1e6:.2f}",
+        "max abs err": verify.get("max_abs"),
+        "max rel err": verify.get("max_rel"),
+        "top-1 agree": None if agree is None else f"{100 * agree:.1f}%",
+        "top-1 acc": None if not artifact.get("accuracy") else f"{artifact['accuracy']['top1']:.2f}%",
+        "verify": _verdict(verify),
+        "best img/s": None if not best else f"{best['img_per_s']:.1f} (b{best['batch']})",
+        "reused": "yes" if artifact.get("reused") else "no",
+    }
+
+
+SUMMARY_COLUMNS = ["artifact", "format", "precision", "size MB", "max abs err", "max rel err", "top-1 agree",
+                   "top-1 acc", "verify", "best img/s", "reused"]
+BENCH_COLUMNS = ["batch", "mode", "img/s", "p50 ms", "p90 ms", "p99 ms"]
+VERIFY_COLUMNS = ["source", "samples", "max_abs", "max_rel", "cosine", "top1", "top5", "passed", "decides"]
+
+
+def _artifact_section(artifact: dict[str, Any]) -> list[str]:
+    verify = artifact.get("verify") or {}
+    lines = [f"### {artifact['file']}", "",
+             f"{artifact['format']} {artifact['precision']}, {artifact['bytes'] / 1e6:.2f} MB, "
+             f"sha256 `{artifact['sha256'][:16]}`", ""]
+    judged = verify.get("judged_on") or []
+    sources = [{"source": name, **stats, "decides": "yes" if name in judged else "no"}
+               for name, stats in (verify.get("sources") or {}).items()]
+    if sources:
+        lines += ["Verification against PyTorch:", "", markdown_table(sources, VERIFY_COLUMNS), ""]
+    bench = [{"batch": b["batch"], "mode": b["mode"],
+              "img/s": f"{b['img_per_s']:.1f}" if "img_per_s" in b else f"skipped: {b.get('skipped')}",
+              "p50 ms": b.get("p50_ms"), "p90 ms": b.get("p90_ms"), "p99 ms": b.get("p99_ms")}
+             for b in artifact.get("bench") or []]
+    if bench:
+        lines += ["Throughput and latency (end_to_end: host batch in, logits out; device: GPU only):", "",
+                  markdown_table(bench, BENCH_COLUMNS), ""]
+    return lines
+
+
+def _model_line(report: dict[str, Any]) -> str:
+    model = report["model"]
+    weights = ("**RANDOM WEIGHTS** (no checkpoint: the numbers measure speed and conversion fidelity, "
+               "not accuracy)" if model["random_weights"]
+               else f"checkpoint `{model['checkpoint']}` (sha256 `{model['checkpoint_sha256'][:16]}`)")
+    return f"Model `{model['name']}` as `{model['label']}`, {weights}."
+
+
+def tables_from_report(report: dict[str, Any]) -> str:
+    """The summary table plus the engine status line (what the CLI prints)."""
+    rows = [_summary_row(a) for a in report["artifacts"]]
+    columns = [c for c in SUMMARY_COLUMNS if c != "top-1 acc" or report.get("accuracy_reference")]
+    lines = [_model_line(report), "", markdown_table(rows, columns), ""]
+    ref = report.get("accuracy_reference")
+    if ref:
+        lines.append(f"Accuracy on {ref['images']} labelled images of --val-data: PyTorch reference top-1 "
+                     f"{ref['top1']:.2f}%, top-5 {ref['top5']:.2f}%.")
+    lines.append("Max error and top-1 agreement: artifact vs PyTorch logits on the same inputs, worst judged "
+                 "source. INT8 is judged on --val-data images when given (noise lies outside the "
+                 "calibration range); every source is listed in report.md.")
+    lines.append(f"TensorRT engines: {report['engines']['status']} ({report['engines']['note']})")
+    if "int8" in report["options"]["precisions"] and report["options"]["int8_target"] == "tensorrt":
+        lines.append("The INT8 graph is the one TensorRT compiles (symmetric Q/DQ); ONNX Runtime CPU runs part "
+                     "of it in float, so its CPU speed is not INT8 speed (--int8-target cpu makes a CPU graph).")
+    if report.get("reused"):
+        lines.append("Every step was reused from the previous run (inputs unchanged).")
+    return "\n".join(lines)
+
+
+def markdown_from_report(report: dict[str, Any]) -> str:
+    """The whole report.md."""
+    env = report["environment"]
+    lines = [f"# pfdeploy deploy report: {report['model']['label']}", "", tables_from_report(report), ""]
+    lines += [f"Source graph: `{report['source_fp32']}`. Created {report['created']} with pfdeploy "
+              f"{env.get('pfdeploy')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')} "
+              f"on {env.get('cpu')} ({env.get('cpu_count')} CPUs), GPU {env.get('gpu') or 'none'}.", ""]
+    if report.get("plot"):
+        lines += [f"![throughput]({report['plot']})", ""]
+    lines += ["## Artifacts", ""]
+    for artifact in report["artifacts"]:
+        lines += _artifact_section(artifact)
+    lines += ["## Steps", "", markdown_table(
+        [{"step": s["step"], "reused": "yes" if s["reused"] else "no", "seconds when run": s["seconds"]}
+         for s in report["steps"]], ["step", "reused", "seconds when run"]), ""]
+    return "\n".join(lines)
+
+
+def plot_from_bench(bench: dict[str, Any], path: Path) -> Path | None:
+    """Throughput vs batch (pfdeploy.runtime.bench.plot_throughput) when matplotlib is installed."""
+    from pfdeploy.errors import MissingDependencyError
+    from pfdeploy.runtime.bench import plot_throughput
+
+    try:
+        return plot_throughput(bench, path)
+    except MissingDependencyError as exc:
+        log.info("report without plot: %s", exc)
+        return None

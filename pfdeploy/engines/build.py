@@ -1,0 +1,164 @@
+"""The TensorRT calls: ONNX -> strongly typed network -> serialized plan. One code path, TensorRT 10 and 11.
+
+Everything around these calls (profiles, options, manifest, reuse, writing) is pure and lives in the
+sibling modules; `serialized_engine_from_onnx` is the only function here that needs a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pfdeploy.engines.environment import require_tensorrt
+from pfdeploy.engines.options import BuildOptions
+from pfdeploy.engines.progress import PhaseBars, progress_monitor
+from pfdeploy.errors import PfdeployError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParserIssue:
+    """One ONNX-parser error, copied out of trt.ParserError."""
+
+    node_index: int
+    node_name: str
+    node_operator: str
+    code: str
+    desc: str
+
+
+@dataclass(frozen=True)
+class BuiltPlan:
+    """What a TensorRT build returns: plan bytes, the updated timing cache, inspector JSON (or None)."""
+
+    plan: bytes
+    timing_cache: bytes | None = None
+    layer_info: str | None = None
+
+
+def _call(obj, name, default=""):
+    fn = getattr(obj, name, None)  # node_name/node_operator exist in TensorRT 10+, not in older bindings
+    try:
+        return fn() if callable(fn) else default
+    except Exception:  # noqa: BLE001 - an accessor failing must not hide the parse error itself
+        return default
+
+
+def parser_issue(error) -> ParserIssue:
+    """Copy a trt.ParserError (code, desc, node, node_name, node_operator) into a ParserIssue."""
+    return ParserIssue(
+        node_index=int(_call(error, "node", -1)),
+        node_name=str(_call(error, "node_name")),
+        node_operator=str(_call(error, "node_operator")),
+        code=str(_call(error, "code")),
+        desc=str(_call(error, "desc")),
+    )
+
+
+def format_parser_errors(path, issues) -> str:
+    """One line naming the failing node(s), their operator and TensorRT's reason."""
+    if not issues:
+        return f"TensorRT could not parse {path} (no parser error was reported); run `pfdeploy verify` on it"
+    parts = []
+    for issue in issues:
+        where = f"node {issue.node_name or '#' + str(issue.node_index)}"
+        if issue.node_operator:
+            where += f" ({issue.node_operator})"
+        parts.append(f"{where}: {issue.desc or issue.code}")
+    more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
+    return (
+        f"TensorRT could not parse {Path(path).name}: "
+        + "; ".join(parts[:3])
+        + more
+        + "; export with a supported opset (17) or keep that operator out of the graph"
+    )
+
+
+def network_flags(trt) -> int:
+    """Creation flags for a strongly typed network: STRONGLY_TYPED where the enum has it (10.x, and 11.x if
+    still present); 0 otherwise, since TensorRT 11 networks are strongly typed by default.
+    EXPLICIT_BATCH is deprecated and ignored since 10.0, so it is never set."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _configure(trt, builder, config, options: BuildOptions, shapes: dict, timing_cache: bytes | None):
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    config.builder_optimization_level = options.opt_level
+    if options.hardware_compat != "none":
+        level = getattr(trt.HardwareCompatibilityLevel, options.hardware_compat_level, None)
+        if level is None:
+            raise PfdeployError(
+                f"this TensorRT ({trt.__version__}) has no hardware compatibility level "
+                f"{options.hardware_compat_level}; upgrade TensorRT or drop --hardware-compat"
+            )
+        config.hardware_compatibility_level = level
+    if options.version_compatible:
+        # The plan embeds the lean runtime (EXCLUDE_LEAN_RUNTIME is not set), so it loads on newer
+        # TensorRT without shipping a separate lean runtime; loading needs engine_host_code_allowed.
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.inspect:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    profile = builder.create_optimization_profile()
+    for name, s in shapes.items():
+        profile.set_shape(name, s["min"], s["opt"], s["max"])
+    config.add_optimization_profile(profile)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            log.warning("TensorRT rejected the timing cache (other TensorRT or GPU); starting a fresh one")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _layer_info(trt, logger, plan: bytes, version_compatible: bool) -> str:
+    runtime = trt.Runtime(logger)
+    if version_compatible:
+        runtime.engine_host_code_allowed = True  # a version-compatible plan carries the lean runtime
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise PfdeployError("TensorRT could not deserialize the engine it just built; rerun with -v")
+    inspector = engine.create_engine_inspector()
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+def serialized_engine_from_onnx(
+    onnx_path,
+    shapes: dict,
+    options: BuildOptions,
+    *,
+    timing_cache: bytes | None = None,
+    progress: bool = True,
+) -> BuiltPlan:
+    """Parse `onnx_path` into a strongly typed network and build a serialized engine with one profile."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.VERBOSE if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        issues = [parser_issue(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise PfdeployError(format_parser_errors(onnx_path, issues))
+
+    config = builder.create_builder_config()
+    _configure(trt, builder, config, options, shapes, timing_cache)
+    bars = PhaseBars(enabled=progress)
+    monitor = progress_monitor(trt, bars)  # referenced until the build returns
+    config.progress_monitor = monitor
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        bars.close()
+    if bars.cancelled:
+        raise KeyboardInterrupt
+    if plan is None:
+        raise PfdeployError(
+            "TensorRT could not build the engine (see its messages above; rerun with -v); "
+            "try a larger --workspace or a smaller --batch maximum"
+        )
+    plan_bytes = bytes(plan)
+    cache_bytes = bytes(config.get_timing_cache().serialize()) if timing_cache is not None else None
+    info = _layer_info(trt, logger, plan_bytes, options.version_compatible) if options.inspect else None
+    return BuiltPlan(plan_bytes, cache_bytes, info)

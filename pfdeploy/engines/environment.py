@@ -1,0 +1,97 @@
+"""Facts about this machine's TensorRT, CUDA and GPU. TensorRT and cuda-python are imported lazily here.
+
+Raises MissingDependencyError (exit code 2, one line) when TensorRT, cuda-python or a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pfdeploy.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install it with `pip install 'pfdeploy[tensorrt]'` (TensorRT 10 or 11 and cuda-python) "
+    "on a Linux or Windows machine with an NVIDIA GPU"
+)
+
+
+def require_tensorrt():
+    """The `tensorrt` module, or MissingDependencyError naming the fix."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise MissingDependencyError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from None
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major < 10:
+        raise MissingDependencyError(
+            f"TensorRT {tensorrt.__version__} is too old: pfdeploy builds strongly typed engines "
+            "with TensorRT 10+; " + INSTALL_HINT
+        )
+    return tensorrt
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python layout
+        except ImportError as exc:
+            raise MissingDependencyError(f"cuda-python is not installed ({exc}); {INSTALL_HINT}") from None
+    return cudart
+
+
+def format_cuda_version(value: int) -> str:
+    """CUDA's integer version (1000*major + 10*minor, e.g. 12040) -> '12.4'."""
+    value = int(value)
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def _check(cudart, result, what: str):
+    err, *values = result
+    if int(err) != 0:
+        name = getattr(err, "name", str(err))
+        raise MissingDependencyError(
+            f"no usable CUDA GPU: {what} failed with {name}; check the NVIDIA driver and CUDA_VISIBLE_DEVICES"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_facts(device: int = 0) -> dict:
+    """GPU name, compute capability and CUDA versions via cuda-python (cudaGetDeviceProperties)."""
+    cudart = _cudart()
+    count = _check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    if count < 1 or device >= count:
+        raise MissingDependencyError(
+            f"no CUDA GPU {device} visible ({count} found); TensorRT engines need an NVIDIA GPU"
+        )
+    props = _check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = (
+        props.name.decode(errors="replace").rstrip("\x00")
+        if isinstance(props.name, bytes)
+        else str(props.name)
+    )
+    return {
+        "gpu_index": device,
+        "gpu_name": name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "cuda_runtime_version": format_cuda_version(
+            _check(cudart, cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+        ),
+        "cuda_driver_version": format_cuda_version(
+            _check(cudart, cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
+        ),
+    }
+
+
+def current_environment(device: int = 0) -> dict:
+    """{tensorrt_version, cuda_runtime_version, cuda_driver_version, gpu_name, compute_capability, gpu_index}.
+
+    Raises MissingDependencyError without TensorRT, cuda-python or a GPU.
+    """
+    trt = require_tensorrt()
+    env = {"tensorrt_version": str(trt.__version__), **gpu_facts(device)}
+    log.debug("environment: %s", env)
+    return env

@@ -1,0 +1,199 @@
+"""The `<plan>.json` manifest beside every engine: build it, write/read it atomically, decide reuse
+and loadability. Pure: no TensorRT here; the environment is a plain dict from `current_environment()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pfdeploy import __version__
+from pfdeploy._io import sha256_bytes, sha256_file, write_json_atomic
+from pfdeploy.errors import PfdeployError
+
+FORMAT = "pfdeploy-engine-manifest"
+MANIFEST_VERSION = 1
+ENVIRONMENT_KEYS = (
+    "tensorrt_version",
+    "cuda_runtime_version",
+    "cuda_driver_version",
+    "gpu_name",
+    "compute_capability",
+)
+
+
+def manifest_path(plan_path: str | os.PathLike) -> Path:
+    """`model.plan` -> `model.plan.json` (the manifest sits beside the plan, never inside it)."""
+    return Path(f"{os.fspath(plan_path)}.json")
+
+
+def reuse_key(onnx_sha256: str, shapes: dict, options: dict, environment: dict) -> str:
+    """Hash of everything that determines the engine: ONNX bytes, profile, build options, TensorRT, GPU."""
+    ident = {
+        "onnx_sha256": onnx_sha256,
+        "profile": shapes,
+        "options": options,
+        "tensorrt_version": environment.get("tensorrt_version"),
+        "gpu_name": environment.get("gpu_name"),
+        "compute_capability": environment.get("compute_capability"),
+    }
+    return sha256_bytes(json.dumps(ident, sort_keys=True).encode())
+
+
+def build_manifest(
+    *,
+    plan_path,
+    plan_sha256: str,
+    plan_bytes: int,
+    facts,
+    shapes: dict,
+    options: dict,
+    environment: dict,
+    build_seconds: float,
+    key: str,
+    layer_info=None,
+    timing_cache=None,
+    built_at: str | None = None,
+) -> dict:
+    """The manifest dict for one engine (see README, "Engine manifest")."""
+    meta = dict(facts.metadata)
+    first = next(iter(shapes.values()))
+    return {
+        "format": FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "plan": {"file": Path(plan_path).name, "sha256": plan_sha256, "bytes": plan_bytes},
+        "onnx": {"file": Path(facts.path).name, "sha256": facts.sha256, "metadata": meta},
+        "model": meta.get("pfdeploy.model"),
+        "checkpoint_sha256": meta.get("pfdeploy.checkpoint_sha256"),
+        "input_format": meta.get("pfdeploy.input_format"),
+        "preprocess": json.loads(meta["pfdeploy.preprocess"]) if "pfdeploy.preprocess" in meta else None,
+        "calibration": {k: v for k, v in meta.items() if k.startswith("pfdeploy.calibration")} or None,
+        "precision": facts.precision,
+        "precision_source": facts.precision_source,
+        "strongly_typed": True,
+        "profile": shapes,
+        "batch": {"min": first["min"][0], "opt": first["opt"][0], "max": first["max"][0]},
+        "build": {**options, "timing_cache": None if timing_cache is None else str(timing_cache)},
+        "environment": {k: environment.get(k) for k in ENVIRONMENT_KEYS},
+        "pfdeploy_version": __version__,
+        "built_at": built_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(float(build_seconds), 3),
+        "reuse_key": key,
+        "layer_info": None if layer_info is None else Path(layer_info).name,
+    }
+
+
+def write_manifest(plan_path: str | os.PathLike, manifest: dict) -> Path:
+    """Write `<plan>.json` atomically; returns its path."""
+    return write_json_atomic(manifest_path(plan_path), manifest)
+
+
+def read_manifest(plan_path: str | os.PathLike) -> dict:
+    """Read and check the manifest beside `plan_path` (PfdeployError if missing or not a manifest)."""
+    path = manifest_path(plan_path)
+    if not path.is_file():
+        raise PfdeployError(f"no manifest {path} beside the engine; rebuild it with `pfdeploy build-engine`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PfdeployError(f"{path} is not valid JSON ({exc}); rebuild the engine with --force") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PfdeployError(f"{path} is not a pfdeploy engine manifest; rebuild the engine with --force")
+    if data.get("manifest_version", 0) > MANIFEST_VERSION:
+        raise PfdeployError(
+            f"{path} was written by a newer pfdeploy (manifest v{data['manifest_version']}); upgrade pfdeploy"
+        )
+    return data
+
+
+def reusable_manifest(plan_path: str | os.PathLike, key: str) -> dict | None:
+    """The existing manifest if the plan beside it was built from the same inputs and is intact, else None."""
+    plan_path = Path(plan_path)
+    if not plan_path.is_file():
+        return None
+    try:
+        manifest = read_manifest(plan_path)
+    except PfdeployError:
+        return None
+    if manifest.get("reuse_key") != key:
+        return None
+    if manifest.get("plan", {}).get("sha256") != sha256_file(plan_path):
+        return None  # plan replaced or truncated since the manifest was written
+    layer_info = manifest.get("layer_info")
+    if layer_info and not (plan_path.parent / layer_info).is_file():
+        return None
+    return manifest
+
+
+def _version_tuple(text) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(text or "")))
+
+
+def _cc_tuple(text) -> tuple[int, int]:
+    parts = _version_tuple(text)
+    if len(parts) < 2:
+        raise ValueError(text)
+    return parts[0], parts[1]
+
+
+def check_loadable(manifest: dict, environment: dict) -> tuple[bool, str]:
+    """Can this engine be deserialized here? (ok, reason): the reason names the mismatch and the fix.
+
+    Rules (TensorRT "Engine Compatibility" docs): without version compatibility the TensorRT version must
+    match exactly; with it, the runtime may be the same or newer, never older. Without hardware
+    compatibility the compute capability must match; `same-cc` needs the same compute capability (any
+    GPU model); `ampere+` needs compute capability 8.0 or newer.
+    """
+    built = manifest.get("environment") or {}
+    flags = manifest.get("build") or {}
+    try:
+        built_cc, here_cc = (
+            _cc_tuple(built.get("compute_capability")),
+            _cc_tuple(environment.get("compute_capability")),
+        )
+    except ValueError:
+        return False, "the manifest or this machine lacks a GPU compute capability; rebuild the engine here"
+    built_trt, here_trt = built.get("tensorrt_version"), environment.get("tensorrt_version")
+    if not built_trt or not here_trt:
+        return False, "the manifest or this machine lacks a TensorRT version; rebuild the engine here"
+
+    rebuild = "rebuild it here with `pfdeploy build-engine --force`"
+    if _version_tuple(built_trt) != _version_tuple(here_trt):
+        if not flags.get("version_compatible"):
+            return False, (
+                f"engine built with TensorRT {built_trt}, this machine has {here_trt}, and it was not "
+                f"built --version-compatible; {rebuild}"
+            )
+        if _version_tuple(here_trt) < _version_tuple(built_trt):
+            return False, (
+                f"engine built with TensorRT {built_trt} cannot run on the older TensorRT {here_trt} "
+                f"(version compatibility is forward only); {rebuild}"
+            )
+
+    compat = flags.get("hardware_compat", "none")
+    cc_text = f"{here_cc[0]}.{here_cc[1]}"
+    built_text = f"{built_cc[0]}.{built_cc[1]}"
+    if compat == "ampere+":
+        if here_cc < (8, 0):
+            return (
+                False,
+                f"engine built --hardware-compat ampere+ needs compute capability >= 8.0, "
+                f"this GPU has {cc_text}",
+            )
+    elif here_cc != built_cc:
+        hint = "" if compat == "same-cc" else " and without hardware compatibility"
+        return False, (
+            f"engine built for compute capability {built_text}{hint}, this GPU "
+            f"({environment.get('gpu_name')}) has {cc_text}; {rebuild} "
+            "or build with --hardware-compat ampere+"
+        )
+
+    notes = []
+    if _version_tuple(built_trt) != _version_tuple(here_trt):
+        notes.append(f"version-compatible engine from TensorRT {built_trt} on {here_trt}")
+    if built.get("gpu_name") != environment.get("gpu_name"):
+        notes.append(f"built on {built.get('gpu_name')}, running on {environment.get('gpu_name')}")
+    return True, "loadable" + (f" ({'; '.join(notes)})" if notes else "")

@@ -1,0 +1,102 @@
+"""What the engine builder needs to know about an ONNX file, read with the onnx package only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pfdeploy._io import sha256_file
+from pfdeploy.errors import PfdeployError
+
+METADATA_PREFIX = "pfdeploy."
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its name, its dims (int for fixed, str/None for symbolic) and element type."""
+
+    name: str
+    dims: tuple
+    dtype: str
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    """The ONNX file as the engine builder sees it."""
+
+    path: Path
+    sha256: str
+    metadata: dict
+    inputs: tuple
+    precision: str
+    precision_source: str  # "metadata" or "graph"
+
+
+def _load(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a non-ONNX file
+        raise PfdeployError(
+            f"{path} is not a readable ONNX model ({exc}); export one with `pfdeploy export`"
+        ) from exc
+
+
+def input_specs_from_model(model) -> tuple:
+    """Graph inputs that are not initializers, as InputSpec tuples."""
+    import onnx
+
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        )
+        dtype = (
+            onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "?"
+        )
+        specs.append(InputSpec(value.name, dims, dtype))
+    return tuple(specs)
+
+
+def precision_from_graph(model) -> str:
+    """int8 if the graph holds QuantizeLinear/DequantizeLinear, fp16 if it holds FP16 tensors, else fp32."""
+    import onnx
+
+    ops = {node.op_type for node in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops:
+        return "int8"
+    f16 = onnx.TensorProto.FLOAT16
+    typed = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    if any(v.type.tensor_type.elem_type == f16 for v in typed):
+        return "fp16"
+    if any(init.data_type == f16 for init in model.graph.initializer):
+        return "fp16"
+    for node in model.graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
+def onnx_facts(path: str | os.PathLike) -> OnnxFacts:
+    """Read sha256, pfdeploy.* metadata, inputs and precision of an ONNX file (no external data loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PfdeployError(f"ONNX file not found: {path}; export one with `pfdeploy export MODEL`")
+    model = _load(path)
+    metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
+    inputs = input_specs_from_model(model)
+    if not inputs:
+        raise PfdeployError(f"{path} has no graph inputs; it cannot be compiled into an engine")
+    declared = metadata.get(f"{METADATA_PREFIX}precision")
+    if declared in PRECISIONS:
+        precision, source = declared, "metadata"
+    else:
+        precision, source = precision_from_graph(model), "graph"
+    return OnnxFacts(path, sha256_file(path), metadata, inputs, precision, source)

@@ -1,0 +1,268 @@
+"""Benchmark sessions side by side: interleaved calls, per-call latency percentiles, img/s.
+
+JSON schema (`SCHEMA` = "pfdeploy.bench/1"), as returned by `benchmark` and written by
+`pfdeploy bench --json`:
+
+    {
+      "schema": "pfdeploy.bench/1",
+      "created": ISO-8601 UTC time,
+      "environment": {"pfdeploy", "python", "numpy", "torch", "onnxruntime", "platform",
+                      "cpu", "cpu_count", "gpu" (name or null)},
+      "settings": {"batches": [int], "seconds": float, "warmup": int, "interleaved": true},
+      "targets": [{"label", "target", "backend", "device", "precision", "model", "input": InputSpec}],
+      "results": [{"label", "batch", "mode", "calls", "images_per_second",
+                   "latency_ms": {"mean", "median", "p50", "p90", "p99"}}
+                  | {"label", "batch", "mode", "skipped": reason}]
+    }
+
+`mode` is "end_to_end" (host array in, host logits out: what an application gets) or, for GPU
+sessions, also "device" (input already on the device, output left there, synchronized: compute
+only). All targets and modes of one batch size are timed in the same rounds, one call each per
+round, in a rotating order, so machine noise hits them alike; `images_per_second` is
+batch / mean call time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pfdeploy.errors import MissingDependencyError, PfdeployError
+from pfdeploy.runtime.session import Session
+from pfdeploy.runtime.timing import latency_stats, time_interleaved
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "pfdeploy.bench/1"
+MIN_ROUNDS, MAX_ROUNDS = 5, 100_000
+TABLE_COLUMNS = ("target", "backend", "device", "precision", "batch", "mode", "img/s", "p50 ms", "p90 ms",
+                 "p99 ms")
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware the numbers were measured on."""
+    from pfdeploy import __version__
+
+    env: dict[str, Any] = {
+        "pfdeploy": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "gpu": None,
+    }
+    for name in ("torch", "onnxruntime"):
+        module = sys.modules.get(name)
+        env[name] = getattr(module, "__version__", None) if module else None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _label(target: Any, index: int) -> str:
+    if isinstance(target, (str, Path)):
+        return str(target)
+    if isinstance(target, tuple):
+        return str(target[0])
+    return f"session{index}"
+
+
+def open_targets(targets: Sequence[Any], backend: str = "auto", device: str | None = None,
+                 **options: Any) -> dict[str, Session]:
+    """{label: Session} for paths/model names (opened with `load`), Sessions, or (label, Session)."""
+    from pfdeploy.runtime import load
+
+    sessions: dict[str, Session] = {}
+    for index, target in enumerate(targets):
+        label = _label(target, index)
+        if label in sessions:
+            label = f"{label}#{index}"
+        if isinstance(target, tuple):
+            sessions[label] = target[1]
+        elif isinstance(target, Session):
+            sessions[label] = target
+        else:
+            sessions[label] = load(target, backend=backend, device=device, **options)
+    return sessions
+
+
+def _batch_problem(session: Session, batch: int) -> str | None:
+    spec = session.input_spec
+    if batch < spec.min_batch or (spec.max_batch is not None and batch > spec.max_batch):
+        return f"batch {batch} is outside the artifact's batch range {spec.min_batch}..{spec.max_batch}"
+    return None
+
+
+def _estimate_seconds(fn: Callable[[], object], warmup: int) -> float:
+    """Run `warmup` calls (at least 2) and return the fastest later call's time."""
+    times = []
+    for _ in range(max(2, warmup)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def rounds_for(per_call: Sequence[float], seconds: float) -> int:
+    """Rounds so that each workload gets about `seconds` in total (clamped to a sane range)."""
+    mean = sum(per_call) / len(per_call)
+    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(seconds / max(mean, 1e-9)))))
+
+
+def _workloads(sessions: dict[str, Session], batch: int, seed: int) -> tuple[dict, list[dict]]:
+    workloads: dict[tuple[str, str], Callable[[], object]] = {}
+    skipped: list[dict] = []
+    for label, session in sessions.items():
+        problem = _batch_problem(session, batch)
+        if problem:
+            skipped.append({"label": label, "batch": batch, "mode": "end_to_end", "skipped": problem})
+            continue
+        x = session.input_spec.example(batch, seed)
+        workloads[(label, "end_to_end")] = lambda s=session, x=x: s(x)
+        device_fn = session.device_fn(x)
+        if device_fn is not None:
+            workloads[(label, "device")] = device_fn
+    return workloads, skipped
+
+
+def benchmark_batch(sessions: dict[str, Session], batch: int, seconds: float, warmup: int,
+                    seed: int = 0) -> list[dict]:
+    """Result entries of every session (and mode) at one batch size, timed interleaved."""
+    workloads, results = _workloads(sessions, batch, seed)
+    if not workloads:
+        return results
+    per_call = [_estimate_seconds(fn, warmup) for fn in workloads.values()]
+    rounds = rounds_for(per_call, seconds)
+    keys = list(workloads)
+    named = {f"{label}|{mode}": fn for (label, mode), fn in workloads.items()}
+    samples = time_interleaved(named, rounds=rounds, min_seconds=0.0, warmup=0)
+    for (label, mode), values in zip(keys, samples.values(), strict=True):
+        stats = latency_stats(values)
+        mean = float(np.mean(values))
+        results.append({
+            "label": label, "batch": batch, "mode": mode, "calls": len(values),
+            "images_per_second": batch / mean,
+            "latency_ms": {"mean": mean * 1e3, "median": stats["median_ms"], "p50": stats["p50_ms"],
+                           "p90": stats["p90_ms"], "p99": stats["p99_ms"]},
+        })
+    return results
+
+
+def benchmark(targets: Sequence[Any], batches: Sequence[int] = (1, 8, 32), seconds: float = 2.0,
+              warmup: int = 3, *, backend: str = "auto", device: str | None = None, seed: int = 0,
+              **options: Any) -> dict[str, Any]:
+    """Benchmark several targets side by side and return the documented JSON dict (see module doc).
+
+    targets: artifact paths / model names (opened with `load(backend, device, **options)`),
+    Sessions, or (label, Session) pairs. seconds: measuring time per target, mode and batch size.
+    Sessions opened here are closed before returning.
+    """
+    if not targets:
+        raise PfdeployError("bench needs at least one target (an .onnx/.plan file or a model name)")
+    if not batches or any(int(b) < 1 for b in batches):
+        raise PfdeployError(f"batch sizes must be positive integers, got {list(batches)}")
+    if seconds <= 0:
+        raise PfdeployError(f"--seconds must be positive, got {seconds}")
+    sessions = open_targets(targets, backend, device, **options)
+    owned = [s for t, s in zip(targets, sessions.values(), strict=True) if not isinstance(t, (Session, tuple))]
+    try:
+        results = []
+        for batch in _progress([int(b) for b in batches]):
+            log.info("batch %d: %d target(s), about %.1f s each", batch, len(sessions), seconds)
+            results.extend(benchmark_batch(sessions, batch, seconds, warmup, seed))
+        return {
+            "schema": SCHEMA,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "environment": environment(),
+            "settings": {"batches": [int(b) for b in batches], "seconds": seconds, "warmup": warmup,
+                         "interleaved": True},
+            "targets": [{"label": label, "target": label, **s.describe()} for label, s in sessions.items()],
+            "results": results,
+        }
+    finally:
+        for session in owned:
+            session.close()
+
+
+def _progress(items: list[int]):
+    from tqdm import tqdm
+
+    return tqdm(items, desc="bench", unit="batch size", disable=len(items) < 2 or not sys.stderr.isatty())
+
+
+def table_from_results(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows for the terminal table, one per (target, batch, mode)."""
+    info = {t["label"]: t for t in report["targets"]}
+    rows = []
+    for r in report["results"]:
+        t = info[r["label"]]
+        row = {"target": r["label"], "backend": t["backend"], "device": t["device"],
+               "precision": t["precision"], "batch": str(r["batch"]), "mode": r["mode"]}
+        if "skipped" in r:
+            row["img/s"] = f"skipped: {r['skipped']}"
+        else:
+            lat = r["latency_ms"]
+            row.update({"img/s": f"{r['images_per_second']:.1f}", "p50 ms": f"{lat['p50']:.2f}",
+                        "p90 ms": f"{lat['p90']:.2f}", "p99 ms": f"{lat['p99']:.2f}"})
+        rows.append(row)
+    return rows
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Plain-text table of a benchmark report."""
+    rows = table_from_results(report)
+    cells = [[row.get(c, "") for c in TABLE_COLUMNS] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(TABLE_COLUMNS)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(TABLE_COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def plot_throughput(report: dict[str, Any], path: str | Path) -> Path:
+    """PNG of img/s vs batch size, one line per target and mode (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib; install it with `pip install "
+                                     "'pfdeploy[plot]'`") from None
+    from pfdeploy._io import atomic_path
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in report["results"]:
+        if "skipped" not in r:
+            series.setdefault(f"{r['label']} ({r['mode']})", []).append((r["batch"], r["images_per_second"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / second")
+    env = report.get("environment", {})
+    ax.set_title(f"pfdeploy bench on {env.get('gpu') or env.get('cpu', '?')}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)

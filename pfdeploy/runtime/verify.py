@@ -1,0 +1,191 @@
+"""Verification of an ONNX artifact against the PyTorch model it was exported from.
+
+Both run on the same inputs: uniform-noise images, "real-looking" smooth images, and (with
+`data`) real images from a folder. Inputs are made as uint8 NHWC images; the PyTorch model gets
+them through `normalize_uint8`, the artifact gets them in its own input format, so a `uint8-nhwc`
+graph is checked against preprocessing done outside the graph.
+
+Metrics (per input source): max_abs = max |got - ref|; max_rel = max_abs / max |ref| (error
+relative to the logit range); mean_abs; cosine = the smallest per-sample cosine similarity;
+top1 = fraction of samples with the same top-1 class; top5 = fraction whose reference top-1
+class is in the artifact's top-5. Tolerances per precision are TOLERANCES.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pfdeploy.calibration.preprocess import Preprocess, crop_uint8, normalize_uint8
+from pfdeploy.errors import PfdeployError
+
+log = logging.getLogger(__name__)
+
+# The one table of verification tolerances (documented in README "Export and verify").
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_rel": 1e-4, "cosine": 0.99999, "top1": 1.0, "top5": 1.0},
+    "fp16": {"max_rel": 2e-2, "cosine": 0.999, "top1": 0.9, "top5": 1.0},
+    "int8": {"max_rel": 0.25, "cosine": 0.95, "top1": 0.7, "top5": 0.9},
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm")
+
+
+def compare_logits(ref: np.ndarray, got: np.ndarray, precision: str = "fp32") -> dict[str, Any]:
+    """Error statistics of `got` against `ref` (both (N, classes)) and pass/fail per TOLERANCES."""
+    if precision not in TOLERANCES:
+        raise PfdeployError(f"no tolerances for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        raise PfdeployError(f"output shapes differ: reference {ref.shape}, artifact {got.shape}")
+    diff = np.abs(got - ref)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cosine = np.sum(ref * got, axis=1) / np.maximum(norms, 1e-30)
+    top5 = np.argsort(-got, axis=1)[:, :5]
+    ref_top1 = ref.argmax(axis=1)
+    stats = {
+        "samples": int(ref.shape[0]),
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-30)),
+        "mean_abs": float(diff.mean()),
+        "cosine": float(cosine.min()),
+        "top1": float(np.mean(ref_top1 == got.argmax(axis=1))),
+        "top5": float(np.mean([r in row for r, row in zip(ref_top1, top5, strict=True)])),
+    }
+    tol = TOLERANCES[precision]
+    failures = [
+        f"{key} {stats[key]:.3g} {'>' if key == 'max_rel' else '<'} {limit:g}"
+        for key, limit in tol.items()
+        if (stats[key] > limit if key == "max_rel" else stats[key] < limit)
+    ]
+    return {**stats, "passed": not failures, "failures": failures}
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of `verify_artifact`: per-source statistics and the overall verdict."""
+
+    artifact: str
+    model: str
+    precision: str
+    input_format: str
+    checkpoint_sha256: str
+    tolerances: dict[str, float]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every input source is within the precision's tolerances."""
+        return bool(self.sources) and all(s["passed"] for s in self.sources.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view (as written by `pfdeploy verify --json`)."""
+        return {**asdict(self), "passed": self.passed}
+
+    def format(self) -> str:
+        """Human-readable table plus a PASS/FAIL line."""
+        cols = ("samples", "max_abs", "max_rel", "mean_abs", "cosine", "top1", "top5")
+        lines = [f"{self.artifact}: {self.model} {self.precision} {self.input_format} "
+                 f"(checkpoint {self.checkpoint_sha256[:12]})",
+                 f"{'source':<12}" + "".join(f"{c:>11}" for c in cols)]
+        for name, s in self.sources.items():
+            cells = "".join(f"{s[c]:>11d}" if c == "samples" else f"{s[c]:>11.3g}" for c in cols)
+            lines.append(f"{name:<12}{cells}" + ("" if s["passed"] else "  <- " + "; ".join(s["failures"])))
+        tol = ", ".join(f"{k} {'<=' if k == 'max_rel' else '>='} {v:g}" for k, v in self.tolerances.items())
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision} tolerances: {tol})")
+        return "\n".join(lines)
+
+
+def random_images(count: int, size: int, seed: int) -> np.ndarray:
+    """Uniform-noise uint8 NHWC images."""
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def smooth_images(count: int, size: int, seed: int) -> np.ndarray:
+    """Real-looking uint8 NHWC images: bicubically upsampled random colour fields plus mild noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (int(rng.integers(3, 9)),) * 2 + (3,), dtype=np.uint8)
+        field_ = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32)
+        out[i] = np.clip(field_ + rng.normal(0, 6, field_.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def folder_images(folder: str | Path, pre: Preprocess, count: int) -> np.ndarray:
+    """Up to `count` images found under `folder` (recursively, sorted), cropped to uint8 NHWC."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PfdeployError(f"--data {folder} is not a folder of images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PfdeployError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    picked = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
+    return np.stack([crop_uint8(Image.open(p), pre) for p in picked])
+
+
+def _run_in_batches(fn, images: np.ndarray, batch: int) -> np.ndarray:
+    """Apply fn to fixed-size batches (padding the last by repetition) and concatenate."""
+    outs = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        outs.append(fn(chunk)[:real])
+    return np.concatenate(outs)
+
+
+def verify_artifact(artifact: str | Path, *, checkpoint: str | Path | None = None, samples: int = 8,
+                    data: str | Path | None = None, batch: int = 4, seed: int = 0,
+                    intra_op_threads: int | None = None) -> VerifyReport:
+    """Run `artifact` in ONNX Runtime and its PyTorch model on the same inputs; compare the logits."""
+    import torch
+
+    from pfdeploy.export.metadata import PREFIX, model_from_metadata, read_metadata, require_pfdeploy_metadata
+    from pfdeploy.runtime.ort_options import ort_session_from_onnx
+
+    if samples < 1 or batch < 1:
+        raise PfdeployError("--samples and --batch must be at least 1")
+    meta = read_metadata(artifact)
+    require_pfdeploy_metadata(meta, str(artifact))
+    precision, input_format = meta[PREFIX + "precision"], meta[PREFIX + "input_format"]
+    if precision not in TOLERANCES:
+        raise PfdeployError(f"{artifact} has precision {precision!r}, which verify has no tolerances for")
+    pre = Preprocess.from_dict(json.loads(meta[PREFIX + "preprocess"]))
+    model = model_from_metadata(meta, checkpoint)
+    session = ort_session_from_onnx(artifact, intra_op_threads=intra_op_threads)
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    batch = fixed or batch
+    in_dtype = np.float16 if inp.type == "tensor(float16)" else None
+
+    def run_onnx(images: np.ndarray) -> np.ndarray:
+        x = images if input_format == "uint8-nhwc" else normalize_uint8(images, pre)
+        x = x.astype(in_dtype) if in_dtype is not None else x
+        return session.run(None, {inp.name: x})[0].astype(np.float32)
+
+    def run_torch(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(normalize_uint8(images, pre))).numpy()
+
+    sources = {"random": random_images(samples, pre.size, seed),
+               "real-looking": smooth_images(samples, pre.size, seed + 1)}
+    if data is not None:
+        sources["data"] = folder_images(data, pre, samples)
+    report = VerifyReport(str(artifact), meta[PREFIX + "model"], precision, input_format,
+                          meta[PREFIX + "checkpoint_sha256"], TOLERANCES[precision])
+    for name, images in sources.items():
+        ref = _run_in_batches(run_torch, images, batch)
+        got = _run_in_batches(run_onnx, images, batch)
+        report.sources[name] = compare_logits(ref, got, precision)
+        log.debug("%s: %s", name, report.sources[name])
+    return report

@@ -1,0 +1,151 @@
+"""Triton `config.pbtxt` from an ArtifactSpec: a plain dict, then protobuf text format.
+
+`config_from_spec` decides the contents (batching, instance groups, CUDA graphs for engines);
+`pbtxt_from_config` only renders the dict. The result parses into Triton's ModelConfig protobuf
+(see `pfdeploy.triton.validate`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pfdeploy.errors import PfdeployError
+from pfdeploy.triton.spec import TENSORRT_PLATFORM, ArtifactSpec
+
+DEVICES = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+DEFAULT_ONNX_MAX_BATCH = 32
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How the model is served: batching, instances, device, queue delay."""
+
+    max_batch: int | None = None  # None: the engine profile's max, or 32 for dynamic-batch ONNX
+    instances: int = 1
+    dynamic_batching: bool = False
+    preferred_batch: tuple[int, ...] | None = None  # None: chosen from the profile / max batch
+    queue_delay_us: int = 100
+    device: str = "auto"  # auto: GPU for engines, KIND_AUTO (GPU when present) for ONNX
+    cuda_graphs: bool = True  # engines only
+
+
+def model_name_for(spec: ArtifactSpec) -> str:
+    """Triton model name: the file stem with dots and odd characters as `_`, `_trt` for engines."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", spec.path.stem).strip("_") or "model"
+    return f"{stem}_trt" if spec.platform == TENSORRT_PLATFORM else stem
+
+
+def resolve_max_batch(spec: ArtifactSpec, requested: int | None) -> int:
+    """max_batch_size for Triton: 0 for a fixed-batch artifact, bounded by an engine's profile."""
+    if requested is not None and requested < 0:
+        raise PfdeployError(f"--max-batch must be >= 0, got {requested}")
+    if not spec.batch_dynamic:
+        if requested:
+            raise PfdeployError(
+                f"{spec.path}: axis 0 is not a dynamic batch axis, so Triton cannot batch it; "
+                "use --max-batch 0 or re-export with a dynamic batch"
+            )
+        return 0
+    if spec.profile is not None:
+        low, _opt, high = spec.profile
+        if requested is None:
+            return high
+        if requested and not low <= requested <= high:
+            raise PfdeployError(
+                f"{spec.path}: --max-batch {requested} is outside the engine's batch profile "
+                f"{low}..{high}; rebuild the engine with a larger profile or lower --max-batch"
+            )
+        return requested
+    return DEFAULT_ONNX_MAX_BATCH if requested is None else requested
+
+
+def preferred_batch_sizes(spec: ArtifactSpec, max_batch: int, requested: tuple[int, ...] | None) -> list[int]:
+    """Preferred dynamic-batch sizes: the requested ones, else the engine's opt and max batch,
+    else half the max batch and the max batch (ONNX)."""
+    if requested:
+        bad = [b for b in requested if not 1 <= b <= max_batch]
+        if bad:
+            raise PfdeployError(f"preferred batch sizes {bad} are outside 1..{max_batch} (the max batch)")
+        return sorted(set(requested))
+    if spec.profile is not None:
+        return sorted({b for b in (spec.profile[1], max_batch) if 1 <= b <= max_batch})
+    return sorted({max(1, max_batch // 2), max_batch})
+
+
+def _tensor_entry(tensor, batched: bool) -> dict:
+    dims = list(tensor.shape[1:] if batched else tensor.shape)
+    entry = {"name": tensor.name, "data_type": tensor.dtype, "dims": dims or [1]}
+    if not dims:  # Triton wants at least one dim: a per-sample scalar is [1] reshaped to []
+        entry["reshape"] = {"shape": []}
+    return entry
+
+
+def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | None = None) -> dict:
+    """The ModelConfig of one artifact as a dict (field names as in Triton's model_config.proto)."""
+    options = options or TritonOptions()
+    if options.instances < 1:
+        raise PfdeployError(f"--instances must be >= 1, got {options.instances}")
+    if options.device not in DEVICES:
+        raise PfdeployError(f"unknown device {options.device!r}; use one of {sorted(DEVICES)}")
+    engine = spec.platform == TENSORRT_PLATFORM
+    if engine and options.device == "cpu":
+        raise PfdeployError(f"{spec.path}: a TensorRT engine runs on a GPU only; use --device gpu or auto")
+    max_batch = resolve_max_batch(spec, options.max_batch)
+    batched = max_batch > 0
+    config: dict = {
+        "name": name,
+        "platform": spec.platform,
+        "max_batch_size": max_batch,
+        "input": [_tensor_entry(t, batched) for t in spec.inputs],
+        "output": [_tensor_entry(t, batched) for t in spec.outputs],
+    }
+    if options.dynamic_batching:
+        if not batched:
+            raise PfdeployError(f"{spec.path}: dynamic batching needs a batch axis (max batch > 0)")
+        config["dynamic_batching"] = {
+            "preferred_batch_size": preferred_batch_sizes(spec, max_batch, options.preferred_batch),
+            "max_queue_delay_microseconds": options.queue_delay_us,
+        }
+    kind = "KIND_GPU" if engine and options.device == "auto" else DEVICES[options.device]
+    config["instance_group"] = [{"count": options.instances, "kind": kind}]
+    if engine and options.cuda_graphs:
+        sizes = preferred_batch_sizes(spec, max_batch, options.preferred_batch) if batched else []
+        cuda: dict = {"graphs": True}
+        if sizes:
+            cuda["graph_spec"] = [{"batch_size": b} for b in sizes]
+        config["optimization"] = {"cuda": cuda}
+    return config
+
+
+def _scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"(TYPE|KIND)_[A-Z0-9_]+", value):
+        return value  # enum value
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _render(obj: dict, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", *_render(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                lines += [f"{pad}{key} {{", *_render(item, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return lines
+
+
+def pbtxt_from_config(config: dict, comments: tuple[str, ...] = ()) -> str:
+    """Protobuf text format of a config dict, with optional leading `#` comment lines."""
+    header = [f"# {line}" for line in comments]
+    return "\n".join([*header, *_render(config, 0)]) + "\n"

@@ -1,0 +1,182 @@
+"""What Triton needs to know about an artifact: platform, tensors (name, dtype, dims), batch range.
+
+`spec_from_onnx` reads the graph's inputs and outputs with the onnx package; `spec_from_engine`
+reads the `<plan>.json` manifest that pfdeploy writes beside every TensorRT engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pfdeploy.errors import PfdeployError
+
+ONNX_PLATFORM = "onnxruntime_onnx"
+TENSORRT_PLATFORM = "tensorrt_plan"
+
+# onnx.TensorProto element type name -> Triton DataType name (model_config.proto).
+TRITON_DTYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FLOAT16": "TYPE_FP16",
+    "FLOAT": "TYPE_FP32",
+    "DOUBLE": "TYPE_FP64",
+    "STRING": "TYPE_STRING",
+    "BFLOAT16": "TYPE_BF16",
+}
+# numpy / TensorRT spellings used in engine manifests -> the ONNX names above.
+DTYPE_ALIASES = {
+    "float32": "FLOAT", "fp32": "FLOAT", "float": "FLOAT", "half": "FLOAT16", "float16": "FLOAT16",
+    "fp16": "FLOAT16", "bfloat16": "BFLOAT16", "bf16": "BFLOAT16", "float64": "DOUBLE", "double": "DOUBLE",
+    "int8": "INT8", "uint8": "UINT8", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its name, Triton data type and full shape (-1 for a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """An artifact as Triton sees it.
+
+    `batch_dynamic` is True when axis 0 of every tensor is dynamic, so Triton may batch it;
+    `profile` is (min, opt, max) batch of an engine's optimization profile, None for ONNX.
+    """
+
+    path: Path
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batch_dynamic: bool
+    profile: tuple[int, int, int] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        """The file name Triton looks for in the version folder."""
+        return "model.plan" if self.platform == TENSORRT_PLATFORM else "model.onnx"
+
+
+def triton_dtype(name: str) -> str:
+    """Triton TYPE_* for an ONNX element type name or a numpy/TensorRT dtype spelling."""
+    key = DTYPE_ALIASES.get(name.lower().removeprefix("datatype."), name.upper())
+    if key not in TRITON_DTYPES:
+        supported = sorted(TRITON_DTYPES)
+        raise PfdeployError(f"data type {name!r} has no Triton equivalent; supported: {supported}")
+    return TRITON_DTYPES[key]
+
+
+def _tensor_from_value_info(info) -> TensorSpec:
+    import onnx
+
+    ttype = info.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in ttype.shape.dim)
+    return TensorSpec(info.name, triton_dtype(onnx.TensorProto.DataType.Name(ttype.elem_type)), dims)
+
+
+def _batch_dynamic(tensors: tuple[TensorSpec, ...]) -> bool:
+    return all(len(t.shape) >= 1 and t.shape[0] == -1 for t in tensors)
+
+
+def spec_from_onnx(path: str | Path) -> ArtifactSpec:
+    """The ArtifactSpec of an ONNX file (graph inputs that are not initializers, graph outputs)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise PfdeployError(f"{path}: no such ONNX file; run `pfdeploy export` or `pfdeploy deploy` first")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a non-ONNX file
+        raise PfdeployError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_tensor_from_value_info(i) for i in model.graph.input if i.name not in initializers)
+    outputs = tuple(_tensor_from_value_info(o) for o in model.graph.output)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return ArtifactSpec(path, ONNX_PLATFORM, inputs, outputs, _batch_dynamic(inputs + outputs), None, meta)
+
+
+def _tensors_from_manifest(entries, where: Path) -> tuple[TensorSpec, ...]:
+    try:
+        return tuple(
+            TensorSpec(e["name"], triton_dtype(str(e["dtype"])), tuple(int(d) for d in e["shape"]))
+            for e in entries
+        )
+    except (KeyError, TypeError) as exc:
+        raise PfdeployError(f"{where}: manifest tensor entry lacks name/dtype/shape ({exc})") from exc
+
+
+def spec_from_engine(path: str | Path) -> ArtifactSpec:
+    """The ArtifactSpec of a TensorRT engine, from its `<plan>.json` manifest (never the plan bytes).
+
+    Needs no TensorRT. The batch profile comes from the manifest; tensor names and dtypes from the
+    manifest's `io` section when present, else from the source ONNX it names, found beside the plan
+    and checked by sha256 (a strongly typed engine keeps the ONNX graph's inputs and outputs).
+    """
+    from pfdeploy.engines.manifest import read_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise PfdeployError(f"{path}: no such engine; build it with `pfdeploy build-engine`")
+    return spec_from_manifest(read_manifest(path), path)
+
+
+def _io_from_source_onnx(manifest: dict, path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    from pfdeploy._io import sha256_file
+
+    source = manifest.get("onnx") or {}
+    onnx_path = path.parent / str(source.get("file", ""))
+    if not source.get("file") or not onnx_path.is_file():
+        raise PfdeployError(
+            f"{path}: the manifest records no tensor list and its source ONNX "
+            f"{source.get('file')!r} is not beside the engine; copy the ONNX next to the plan"
+        )
+    if source.get("sha256") and sha256_file(onnx_path) != source["sha256"]:
+        raise PfdeployError(
+            f"{onnx_path} is not the ONNX this engine was built from (sha256 differs); "
+            "rebuild the engine or restore the original ONNX"
+        )
+    onnx_spec = spec_from_onnx(onnx_path)
+    return onnx_spec.inputs, onnx_spec.outputs
+
+
+def spec_from_manifest(manifest: dict, path: Path) -> ArtifactSpec:
+    """ArtifactSpec of the engine at `path` from its manifest dict (see spec_from_engine)."""
+    where = Path(str(path) + ".json")
+    io = manifest.get("io") or {}
+    if io.get("inputs") and io.get("outputs"):
+        inputs = _tensors_from_manifest(io["inputs"], where)
+        outputs = _tensors_from_manifest(io["outputs"], where)
+    else:
+        inputs, outputs = _io_from_source_onnx(manifest, path)
+    batch = manifest.get("batch") or {}
+    try:
+        profile = (int(batch["min"]), int(batch["opt"]), int(batch["max"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PfdeployError(f"{where}: manifest has no batch min/opt/max; rebuild the engine") from exc
+    meta = {k: str(v) for k, v in ((manifest.get("onnx") or {}).get("metadata") or {}).items()}
+    dynamic = _batch_dynamic(inputs + outputs)
+    return ArtifactSpec(path, TENSORRT_PLATFORM, inputs, outputs, dynamic, profile, meta)
+
+
+def spec_from_artifact(path: str | Path) -> ArtifactSpec:
+    """Dispatch on the suffix: `.onnx` -> spec_from_onnx, `.plan`/`.engine` -> spec_from_engine."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return spec_from_onnx(path)
+    if suffix in (".plan", ".engine"):
+        return spec_from_engine(path)
+    raise PfdeployError(f"{path}: unknown artifact type {suffix!r}; give a .onnx file or a .plan engine")

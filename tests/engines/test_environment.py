@@ -1,0 +1,32 @@
+"""Environment facts: the pure parts here; the real query needs TensorRT and a GPU (marked)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from pfdeploy.engines.environment import current_environment, format_cuda_version
+from pfdeploy.errors import MissingDependencyError
+
+
+@pytest.mark.parametrize("value, text", [(12040, "12.4"), (11080, "11.8"), (13000, "13.0"), (12090, "12.9")])
+def test_format_cuda_version(value, text):
+    assert format_cuda_version(value) == text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_current_environment_without_tensorrt_names_the_install():
+    with pytest.raises(MissingDependencyError) as exc:
+        current_environment()
+    assert exc.value.exit_code == 2
+    assert "pip install 'pfdeploy[tensorrt]'" in str(exc.value)
+
+
+@pytest.mark.tensorrt
+def test_current_environment_on_a_gpu():
+    env = current_environment()
+    assert env["tensorrt_version"].split(".")[0] in {"10", "11"}
+    major, minor = env["compute_capability"].split(".")
+    assert int(major) >= 7 and minor.isdigit()
+    assert env["gpu_name"] and env["cuda_runtime_version"].count(".") == 1

@@ -1,0 +1,81 @@
+"""Export/verify test helpers: cheap model forms, checkpoints with non-trivial weights, cached exports.
+
+Imported by tests/export and tests/runtime/test_verify.py (tests/ is on sys.path via its conftest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pfdeploy.export import onnx_from_model
+from pfdeploy.models import create_model, get_config, list_models
+
+# Small forms of each family that keep every kind of layer (both mixers, all stages, downsampling).
+CHEAP = {
+    "resnet": {"layers": (1, 1, 1, 1), "base_width": 16, "img_size": 64},
+    "vit": {"embed_dim": 48, "num_heads": 2, "depth": 4, "img_size": 64},
+    "pit": {"base_dim": 16, "depth": (2, 2, 2), "img_size": 64},
+}
+ALL_MODELS = list_models()
+FULL_SIZE = [pytest.param(n, marks=pytest.mark.slow) for n in ALL_MODELS]
+REPRESENTATIVES = ["r50_hybrid", "vit_s_max", "pit_s_max"]
+
+
+def cheap(name: str) -> dict:
+    """Cheap create_model overrides for a registered model."""
+    return dict(CHEAP[get_config(name).family])
+
+
+def perturbed_checkpoint(name: str, path: Path, overrides: dict | None = None, seed: int = 1) -> Path:
+    """Save a state_dict whose every weight and buffer is non-trivial (LayerNorm/BatchNorm included)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = create_model(name, **(overrides or {}))
+    state = model.state_dict()
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        noise = torch.randn(value.shape, generator=gen)
+        if key.endswith("running_var"):
+            state[key] = 0.5 + noise.abs()
+        elif key.endswith("weight") and value.dim() == 1:  # norm scales
+            state[key] = 1.0 + 0.2 * noise
+        else:
+            state[key] = value + 0.02 * noise
+    torch.save(state, path)
+    return path
+
+
+def torch_logits(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = 1e-4) -> None:
+    """Equal to float32 accuracy: error within `rel` of the logit range."""
+    np.testing.assert_allclose(got, ref, rtol=rel, atol=rel * float(np.abs(ref).max()))
+
+
+_CACHE: dict[str, tuple[Path, Path]] = {}
+
+
+def cheap_exporter(tmp_path_factory):
+    """A function name -> (onnx path, checkpoint): the dynamic-batch fp32 ONNX of the model's cheap
+    form exported from a perturbed checkpoint, exported once per test session (cache shared by
+    every test module; each wraps this in a session fixture named `cheap_exports`).
+    """
+    root = tmp_path_factory.mktemp("cheap_exports")
+    cache = _CACHE
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in cache or not cache[name][0].exists():
+            ckpt = perturbed_checkpoint(name, root / f"{name}.pth", cheap(name))
+            onnx_path = onnx_from_model(name, root / f"{name}.onnx", checkpoint=ckpt, overrides=cheap(name))
+            cache[name] = (onnx_path, ckpt)
+        return cache[name]
+
+    return get
+

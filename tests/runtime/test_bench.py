@@ -1,0 +1,88 @@
+"""Benchmark report: documented JSON fields, sane values, skipped batches, table, plot, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pfdeploy.cli import main
+from pfdeploy.errors import PfdeployError
+from pfdeploy.runtime import load
+from pfdeploy.runtime.bench import SCHEMA, benchmark, format_table, plot_throughput, rounds_for
+
+
+@pytest.fixture(scope="module")
+def report(cheap_onnx):
+    dynamic, static = cheap_onnx("r50_hybrid"), cheap_onnx("r50", batch=2)
+    torch_session = load(dynamic, backend="torch")
+    try:
+        return benchmark([str(dynamic), str(static), ("torch", torch_session)], batches=(1, 2), seconds=0.05,
+                         warmup=2)
+    finally:
+        torch_session.close()
+
+
+def test_report_has_the_documented_fields(report):
+    assert report["schema"] == SCHEMA
+    assert set(report) == {"schema", "created", "environment", "settings", "targets", "results"}
+    assert {"pfdeploy", "python", "numpy", "torch", "onnxruntime", "cpu", "cpu_count", "gpu"} <= set(
+        report["environment"])
+    assert report["settings"] == {"batches": [1, 2], "seconds": 0.05, "warmup": 2, "interleaved": True}
+    assert [t["backend"] for t in report["targets"]] == ["onnxruntime", "onnxruntime", "torch"]
+    for target in report["targets"]:
+        assert {"label", "target", "backend", "device", "precision", "model", "input"} <= set(target)
+
+
+def test_results_are_sane(report):
+    measured = [r for r in report["results"] if "skipped" not in r]
+    assert {(r["label"].split("/")[-1][:3], r["batch"]) for r in measured} >= {("r50", 1), ("r50", 2),
+                                                                                 ("tor", 1), ("tor", 2)}
+    assert all(r["mode"] == "end_to_end" for r in measured)  # CPU: no separate device-only figure
+    for r in measured:
+        lat = r["latency_ms"]
+        assert r["calls"] >= 5
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert r["images_per_second"] == pytest.approx(r["batch"] * 1e3 / lat["mean"])
+
+
+def test_out_of_range_batch_is_skipped_with_a_reason(report):
+    skipped = [r for r in report["results"] if "skipped" in r]
+    assert len(skipped) == 1 and skipped[0]["batch"] == 1 and "2..2" in skipped[0]["skipped"]
+
+
+def test_table_and_plot(report, tmp_path):
+    table = format_table(report)
+    assert table.splitlines()[0].split()[:3] == ["target", "backend", "device"]
+    assert "torch" in table and "skipped" in table
+    png = plot_throughput(report, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rounds_for_targets_the_requested_time():
+    assert rounds_for([0.01, 0.03], 1.0) == 50
+    assert rounds_for([10.0], 1.0) == 5  # never fewer than 5 samples
+    assert rounds_for([1e-12], 1e9) == 100_000
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"targets": []}, "at least one target"),
+    ({"batches": [0]}, "positive"),
+    ({"seconds": 0}, "positive"),
+])
+def test_bad_arguments(kwargs, message):
+    args = {"targets": ["r50"], "batches": [1], "seconds": 1.0, **kwargs}
+    with pytest.raises(PfdeployError, match=message):
+        benchmark(args.pop("targets"), **args)
+
+
+def test_cli_bench_writes_json_and_plot(cheap_onnx, tmp_path, capsys):
+    path = cheap_onnx("r50_hybrid")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", str(path), "--batch", "1,2", "--seconds", "0.05", "--warmup", "1", "--json", str(out),
+                 "--plot", str(png)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == SCHEMA and len(data["results"]) == 2
+    assert png.stat().st_size > 0 and "img/s" in capsys.readouterr().out
+    assert main(["bench", str(path), "--batch", "1,x"]) == 1
