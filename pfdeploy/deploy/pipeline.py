@@ -17,23 +17,12 @@ from pfdeploy._io import sha256_file, write_bytes_atomic, write_json_atomic
 from pfdeploy.deploy import steps
 from pfdeploy.deploy.options import DeployOptions, check_options
 from pfdeploy.deploy.state import StepState, fingerprint_dir, key_of
+from pfdeploy.runtime.verify import judged_sources
 
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "pfdeploy-deploy-report"
 REPORT_VERSION = 1
-
-
-def judged_sources(precision: str, sources: dict) -> list[str]:
-    """The verification sources an artifact's verdict rests on.
-
-    INT8 is judged on real images (`data`, from --val-data) when there are some: uniform noise and
-    synthetic images lie outside the calibration distribution, where INT8 ranges clip by design, so
-    their statistics are reported but do not decide. Every other case: all sources.
-    """
-    if precision == "int8" and "data" in sources:
-        return ["data"]
-    return list(sources)
 
 
 def verify_summary(result: dict, precision: str) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def format_parser_errors(path, issues) -> str:
         f"TensorRT could not parse {Path(path).name}: "
         + "; ".join(parts[:3])
         + more
-        + "; export with a supported opset (17) or keep that operator out of the graph"
+        + "; re-export with `--opset 18` (writes GELU without the Gelu op) or keep that operator out of the graph"
     )
 
 

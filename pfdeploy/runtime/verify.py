@@ -1,9 +1,10 @@
 """Verification of an ONNX artifact against the PyTorch model it was exported from.
 
 Both run on the same inputs: uniform-noise images, "real-looking" smooth images, and (with
-`data`) real images from a folder. Inputs are made as uint8 NHWC images; the PyTorch model gets
-them through `normalize_uint8`, the artifact gets them in its own input format, so a `uint8-nhwc`
-graph is checked against preprocessing done outside the graph.
+`data`) real images from a folder; INT8 artifacts are judged on the real images when given.
+Inputs are made as uint8 NHWC images; the PyTorch model gets them through `normalize_uint8`,
+the artifact gets them in its own input format, so a `uint8-nhwc` graph is checked against
+preprocessing done outside the graph.
 
 Metrics (per input source): max_abs = max |got - ref|; max_rel = max_abs / max |ref| (error
 relative to the logit range); mean_abs; cosine = the smallest per-sample cosine similarity;
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pfdeploy.calibration.preprocess import Preprocess, crop_uint8, normalize_uint8
+from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8
 from pfdeploy.errors import PfdeployError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "fp16": {"max_rel": 2e-2, "cosine": 0.999, "top1": 0.9, "top5": 1.0},
     "int8": {"max_rel": 0.25, "cosine": 0.95, "top1": 0.7, "top5": 0.9},
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm")
 
 
 def compare_logits(ref: np.ndarray, got: np.ndarray, precision: str = "fp32") -> dict[str, Any]:
@@ -78,13 +78,19 @@ class VerifyReport:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def judged_on(self) -> list[str]:
+        """The sources the verdict rests on (see `judged_sources`)."""
+        return judged_sources(self.precision, self.sources)
+
+    @property
     def passed(self) -> bool:
-        """True when every input source is within the precision's tolerances."""
-        return bool(self.sources) and all(s["passed"] for s in self.sources.values())
+        """True when every judged input source is within the precision's tolerances."""
+        judged = self.judged_on
+        return bool(judged) and all(self.sources[name]["passed"] for name in judged)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view (as written by `pfdeploy verify --json`)."""
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "judged_on": self.judged_on, "passed": self.passed}
 
     def format(self) -> str:
         """Human-readable table plus a PASS/FAIL line."""
@@ -94,8 +100,13 @@ class VerifyReport:
                  f"{'source':<12}" + "".join(f"{c:>11}" for c in cols)]
         for name, s in self.sources.items():
             cells = "".join(f"{s[c]:>11d}" if c == "samples" else f"{s[c]:>11.3g}" for c in cols)
-            lines.append(f"{name:<12}{cells}" + ("" if s["passed"] else "  <- " + "; ".join(s["failures"])))
+            note = "" if s["passed"] else "  <- " + "; ".join(s["failures"])
+            if name not in self.judged_on:
+                note += "  (reported, not judged: outside the INT8 calibration distribution)"
+            lines.append(f"{name:<12}{cells}{note}")
         tol = ", ".join(f"{k} {'<=' if k == 'max_rel' else '>='} {v:g}" for k, v in self.tolerances.items())
+        if self.precision == "int8" and "data" not in self.sources:
+            lines.append("note: INT8 is judged on noise here; pass --data DIR to judge it on real images")
         lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision} tolerances: {tol})")
         return "\n".join(lines)
 
@@ -118,18 +129,26 @@ def smooth_images(count: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def folder_images(folder: str | Path, pre: Preprocess, count: int) -> np.ndarray:
-    """Up to `count` images found under `folder` (recursively, sorted), cropped to uint8 NHWC."""
-    from PIL import Image
+def folder_images(source: str | Path, pre: Preprocess, count: int, seed: int = 0) -> np.ndarray:
+    """Up to `count` images of an image source (folder or .npy/.npz), cropped to uint8 NHWC.
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PfdeployError(f"--data {folder} is not a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise PfdeployError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    picked = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
-    return np.stack([crop_uint8(Image.open(p), pre) for p in picked])
+    Reads through pfdeploy.calibration.images, the reader calibration and `eval` use.
+    """
+    from pfdeploy.calibration.images import load_batch
+
+    return load_batch(source, pre, num_images=count, seed=seed, layout="nhwc")
+
+
+def judged_sources(precision: str, sources: dict) -> list[str]:
+    """The input sources a verdict rests on.
+
+    INT8 is judged on real images (`data`) when there are some: uniform noise and synthetic images
+    lie outside the calibration distribution, where INT8 ranges clip by design, so their statistics
+    are reported but do not decide. Every other case: all sources.
+    """
+    if precision == "int8" and "data" in sources:
+        return ["data"]
+    return list(sources)
 
 
 def _run_in_batches(fn, images: np.ndarray, batch: int) -> np.ndarray:
@@ -180,7 +199,9 @@ def verify_artifact(artifact: str | Path, *, checkpoint: str | Path | None = Non
     sources = {"random": random_images(samples, pre.size, seed),
                "real-looking": smooth_images(samples, pre.size, seed + 1)}
     if data is not None:
-        sources["data"] = folder_images(data, pre, samples)
+        if not Path(data).exists():
+            raise PfdeployError(f"--data {data} is not a folder of images or an .npy/.npz file")
+        sources["data"] = folder_images(data, pre, samples, seed)
     report = VerifyReport(str(artifact), meta[PREFIX + "model"], precision, input_format,
                           meta[PREFIX + "checkpoint_sha256"], TOLERANCES[precision])
     for name, images in sources.items():

@@ -107,3 +107,17 @@ def test_verify_with_data_folder(cheap_exports, tmp_path):
         verify_artifact(path, checkpoint=ckpt, data=tmp_path / "empty")
     with pytest.raises(PfdeployError, match="not a folder"):
         verify_artifact(path, checkpoint=ckpt, data=tmp_path / "missing")
+
+
+def test_int8_is_judged_on_real_images_when_given():
+    from pfdeploy.runtime.verify import VerifyReport, judged_sources
+
+    failing = {"passed": False, "failures": ["top1 0.5 < 0.7"]}
+    sources = {"random": failing, "real-looking": {"passed": True}, "data": {"passed": True}}
+    assert judged_sources("int8", sources) == ["data"]
+    assert judged_sources("fp16", sources) == ["random", "real-looking", "data"]
+    assert judged_sources("int8", {"random": failing}) == ["random"]
+    report = VerifyReport("a.onnx", "m", "int8", "float-nchw", "random", {}, sources)
+    assert report.passed and report.to_dict()["judged_on"] == ["data"]
+    report.precision = "fp32"
+    assert not report.passed
