@@ -163,6 +163,21 @@ def legacy_layout():
             setattr(cls, name, fn)
 
 
+def skip_layer_norm_fused(path: Path) -> Path:
+    """`path` after onnxruntime.transformers' optimizer (exact GELU kept): bias + residual Add +
+    LayerNorm fused into com.microsoft.SkipLayerNormalization (tried and rejected, see docs)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    out = path.with_name(path.stem + "_skiplayernorm.onnx")
+    if not out.exists():
+        options = FusionOptions("vit")
+        options.enable_gelu_approximation = False
+        optimize_model(str(path), model_type="vit", num_heads=0, hidden_size=0,
+                       optimization_options=options, opt_level=0).save_model_to_file(str(out))
+    return out
+
+
 def ablation(rounds: int = 9, min_seconds: float = 0.3, batch: int = 8) -> str:
     """Export and session variants of the transformer graphs, interleaved with r50 (batch 8)."""
     import onnxruntime as ort
@@ -177,7 +192,9 @@ def ablation(rounds: int = 9, min_seconds: float = 0.3, batch: int = 8) -> str:
         variants[f"{name} legacy layout, opset 18"] = (name, {"opset": 18, "legacy": True}, {})
         variants[f"{name} legacy layout, opset 20"] = (name, {"legacy": True}, {})
         variants[f"{name} opset 18 (erf GELU)"] = (name, {"opset": 18}, {})
+        variants[f"{name} default, attention not fused"] = (name, {}, {"fuse_attention": False})
         variants[f"{name} default"] = (name, {}, {})
+        variants[f"{name} default + SkipLayerNormalization"] = (name, {}, {"skip_layer_norm": True})
         variants[f"{name} default, ORT_ENABLE_BASIC"] = (name, {}, {"level": "basic"})
         variants[f"{name} default, 1 thread"] = (name, {}, {"threads": 1})
     loads, macs = {}, {}
@@ -187,8 +204,11 @@ def ablation(rounds: int = 9, min_seconds: float = 0.3, batch: int = 8) -> str:
             opts = session_options()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             s = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        elif sess.get("skip_layer_norm"):
+            s = ort_session_from_onnx(skip_layer_norm_fused(path))
         else:
-            s = ort_session_from_onnx(path, intra_op_threads=sess.get("threads"))
+            s = ort_session_from_onnx(path, intra_op_threads=sess.get("threads"),
+                                      fuse_attention=sess.get("fuse_attention", True))
         loads[label] = lambda s=s: s.run(None, {"input": x})
         macs[label] = count_macs(create_model(name), (3, 224, 224))
     times = time_interleaved(loads, rounds=rounds, min_seconds=min_seconds, warmup=1)

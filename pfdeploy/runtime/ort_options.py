@@ -3,13 +3,16 @@
 What matters on CPU (measured in docs/benchmarks.md): full graph optimization (ORT fuses the
 erf-GELU, LayerNorm, MatMul+Add and Conv+activation patterns at load time), one intra-op thread
 per physical core, sequential execution (these graphs are chains), and memory-pattern planning
-for fixed shapes.
+for fixed shapes. On the CPU, each exported multi-head attention subgraph is also rewritten in
+memory into ONNX Runtime's contrib `Attention` op (`attention_fused_for_cpu`); the ONNX file on
+disk stays standard ONNX for TensorRT and other runtimes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 from pathlib import Path
 
 from pfdeploy.errors import MissingDependencyError, PfdeployError
@@ -53,8 +56,12 @@ def session_options(intra_op_threads: int | None = None, optimized_model_path: s
 
 
 def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,
-                          providers: list | None = None, **option_kwargs):
+                          providers: list | None = None, fuse_attention: bool = True, **option_kwargs):
     """An onnxruntime.InferenceSession for `path` on `device` ('cpu', 'cuda', 'tensorrt').
+
+    On the CPU execution provider, `fuse_attention` loads the graph with its attention blocks
+    rewritten into ONNX Runtime's `Attention` kernel (`attention_fused_for_cpu`; the file is not
+    changed).
 
     Refuses (MissingDependencyError) a device whose execution provider this onnxruntime lacks
     rather than silently running on the CPU.
@@ -77,4 +84,136 @@ def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_thr
                 "install onnxruntime-gpu on a GPU machine or use device='cpu'"
             )
     opts = session_options(intra_op_threads, **option_kwargs)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    model = str(path)
+    if fuse_attention and providers[0] == "CPUExecutionProvider":
+        fused = _attention_fused_bytes(path)
+        model = fused if fused is not None else model
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+
+def _attention_fused_bytes(path: Path) -> bytes | None:
+    """The model at `path` with its attention subgraphs fused, serialized; None when none matched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ByteSize() >= 2**31 - 2**20 or attention_fused_for_cpu(model) == 0:
+        return None
+    return model.SerializeToString()
+
+
+def _constant_values(graph) -> dict:
+    """name -> numpy value of every initializer and Constant node output."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _match_attention(softmax, producer: dict, consumers: dict, const: dict):
+    """The nodes and parameters of one exported attention block around `softmax`, or None.
+
+    The pattern is what pfdeploy.models.layers.Attention exports: MatMul(x, W) -> Add(bias) ->
+    Reshape(-1, T, 3, H, Dh) -> Transpose(2, 0, 3, 1, 4) -> Slice/Squeeze q, k, v ->
+    MatMul(q * scale, Transpose(k)) -> Softmax -> MatMul(., v) -> Transpose(0, 2, 1, 3) ->
+    Reshape(-1, T, H * Dh).
+    """
+    import numpy as np
+
+    def node_of(name, op):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def perm(node):
+        return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+    def only_consumer(node, op):
+        users = consumers.get(node.output[0], [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    scores = node_of(softmax.input[0], "MatMul")
+    scaled = scores and node_of(scores.input[0], "Mul")
+    k_t = scores and node_of(scores.input[1], "Transpose")
+    context = only_consumer(softmax, "MatMul")
+    if not (scaled and k_t and context and perm(k_t) == [0, 1, 3, 2] and scaled.input[1] in const):
+        return None
+    merge = only_consumer(context, "Transpose")
+    out = merge and only_consumer(merge, "Reshape")
+    if not (out and perm(merge) == [0, 2, 1, 3] and out.input[1] in const):
+        return None
+    picks = []
+    for name in (scaled.input[0], k_t.input[0], context.input[1]):
+        squeeze = node_of(name, "Squeeze")
+        slice_ = squeeze and node_of(squeeze.input[0], "Slice")
+        if not slice_ or len(slice_.input) < 4 or any(n not in const for n in slice_.input[1:4]):
+            return None
+        start, end, axis = (int(np.asarray(const[n]).reshape(-1)[0]) for n in slice_.input[1:4])
+        picks.append((squeeze, slice_, start, end, axis))
+    if [(p[2], p[3], p[4]) for p in picks] != [(0, 1, 0), (1, 2, 0), (2, 3, 0)]:
+        return None
+    split = node_of(picks[0][1].input[0], "Transpose")
+    if not split or any(p[1].input[0] != split.output[0] for p in picks) or perm(split) != [2, 0, 3, 1, 4]:
+        return None
+    heads = node_of(split.input[0], "Reshape")
+    bias = heads and node_of(heads.input[0], "Add")
+    proj = bias and node_of(bias.input[0], "MatMul")
+    if not (proj and heads.input[1] in const and bias.input[1] in const and proj.input[1] in const):
+        return None
+    weight, bias_value = const[proj.input[1]], const[bias.input[1]]
+    shape = [int(v) for v in np.asarray(const[heads.input[1]]).reshape(-1)]
+    out_shape = [int(v) for v in np.asarray(const[out.input[1]]).reshape(-1)]
+    scale = np.asarray(const[scaled.input[1]])
+    if (weight.dtype != np.float32 or weight.ndim != 2 or len(shape) != 5 or shape[0] not in (-1, 0)
+            or shape[2] != 3 or weight.shape[1] != 3 * shape[3] * shape[4] or bias_value.shape != (weight.shape[1],)
+            or out_shape[1:] != [shape[1], shape[3] * shape[4]] or scale.size != 1):
+        return None
+    nodes = [proj, bias, heads, split, *(n for p in picks for n in p[:2]), scaled, k_t, scores, softmax,
+             context, merge, out]
+    return nodes, {"num_heads": shape[3], "scale": float(scale.reshape(-1)[0])}
+
+
+def attention_fused_for_cpu(model) -> int:
+    """Rewrite each exported multi-head attention block of `model` (an onnx.ModelProto, in place)
+    into one `com.microsoft.Attention` node, ONNX Runtime's CPU kernel; returns how many.
+
+    Same math (QKV projection with bias, softmax(q k^T * scale) v, heads merged), one kernel
+    instead of ~16 nodes and their Transpose/Split copies. ONNX Runtime-specific: only for sessions,
+    never written into an exported artifact. Blocks whose intermediate values are used elsewhere
+    are left alone.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
+    const = _constant_values(graph)
+    removed, fused = set(), {}
+    for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
+        match = _match_attention(softmax, producer, consumers, const)
+        if match is None:
+            continue
+        nodes, attrs = match
+        inside = {id(n) for n in nodes}
+        internal = [o for n in nodes[:-1] for o in n.output]
+        if any(o in graph_outputs or any(id(c) not in inside for c in consumers[o]) for o in internal):
+            continue
+        proj, bias, out = nodes[0], nodes[1], nodes[-1]
+        fused[id(proj)] = helper.make_node(
+            "Attention", [proj.input[0], proj.input[1], bias.input[1]], [out.output[0]],
+            name=f"{out.name or out.output[0]}_attention", domain="com.microsoft", **attrs)
+        removed |= inside
+    if not fused:
+        return 0
+    kept = [fused.get(id(n), n) for n in graph.node if id(n) not in removed or id(n) in fused]
+    del graph.node[:]
+    graph.node.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    log.debug("fused %d attention blocks into com.microsoft.Attention", len(fused))
+    return len(fused)
