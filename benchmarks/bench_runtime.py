@@ -39,35 +39,46 @@ def export(name: str) -> Path:
     return path
 
 
-def measure_overhead(path: Path, batches=BATCHES, rounds: int = 9, min_seconds: float = 0.6) -> list[dict]:
-    """Rows {batch, runtime, plain (img/s medians), ratio} timed interleaved."""
+def measure_overhead(path: Path, batches=BATCHES, rounds: int = 61, min_seconds: float = 0.0) -> list[dict]:
+    """Rows {batch, runtime, plain (img/s medians), ratio}, timed interleaved one call each per round.
+
+    `plain` is the runtime session's own onnxruntime.InferenceSession (made by the same
+    `ort_session_from_onnx` factory, so the same options) called directly with a feed dict: the
+    difference is exactly what the runtime adds (input checks, dispatch). A second, separate
+    InferenceSession is not used as the baseline: alternating two sessions evicts each one's weights
+    from the caches, which moved single calls by 5-40% here and would swamp a 2% goal.
+    """
     from pfdeploy.runtime import load
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
     from pfdeploy.runtime.timing import time_interleaved
 
-    plain = ort_session_from_onnx(path)
     rows = []
     with load(path) as session:
+        plain = session.inference_session
+        separate = ort_session_from_onnx(path)
         for batch in batches:
             x = session.input_spec.example(batch, seed=0)
             feed, outputs = {"input": x}, ["logits"]
-            np.testing.assert_array_equal(session(x), plain.run(outputs, feed)[0])  # same work
+            np.testing.assert_array_equal(session(x), separate.run(outputs, feed)[0])  # same graph and work
             samples = time_interleaved(
                 {"runtime": lambda x=x: session(x), "plain": lambda f=feed, o=outputs: plain.run(o, f)},
                 rounds=rounds, min_seconds=min_seconds, warmup=2,
             )
             ips = {k: batch / float(np.median(v)) for k, v in samples.items()}
-            rows.append({"batch": batch, "runtime": ips["runtime"], "plain": ips["plain"],
-                         "ratio": ips["runtime"] / ips["plain"]})
+            per_round = np.asarray(samples["plain"]) / np.asarray(samples["runtime"])  # same round, side by side
+            rows.append({"batch": batch, **ips, "ratio": float(np.median(per_round))})
     return rows
 
 
 def overhead_section(rows: list[dict], rounds: int) -> str:
     lines = [
-        "## Runtime overhead vs plain ONNX Runtime (helper D)",
+        "## Runtime overhead vs plain ONNX Runtime",
         "",
-        f"`pfdeploy.runtime.load()` session vs a plain `onnxruntime.InferenceSession` with the same options, "
-        f"same ONNX ({MODEL}, 224x224, FP32), interleaved, {rounds} rounds, medians. Goal: ratio >= {GOAL}.",
+        f"`pfdeploy.runtime.load()` session vs a plain `onnxruntime.InferenceSession.run` on the same graph "
+        f"and options (the runtime session's own InferenceSession, made by `ort_session_from_onnx`, called "
+        f"directly; a separately made session is checked to give identical logits); {MODEL}, 224x224, FP32, "
+        f"interleaved one call each per round, {rounds} rounds, img/s medians, ratio the median of "
+        f"per-round ratios. Goal: ratio >= {GOAL}.",
         "",
         "| batch | runtime img/s | plain ORT img/s | ratio runtime/plain | goal met |",
         "| --- | --- | --- | --- | --- |",
@@ -75,7 +86,15 @@ def overhead_section(rows: list[dict], rounds: int) -> str:
     for r in rows:
         met = "yes" if r["ratio"] >= GOAL else "no"
         lines.append(f"| {r['batch']} | {r['runtime']:.1f} | {r['plain']:.1f} | {r['ratio']:.3f} | {met} |")
-    lines += ["", f"Command: `{COMMAND}`", ""]
+    lines += [
+        "",
+        "Why not a second InferenceSession as the baseline: alternating calls between two sessions of the "
+        "same graph evicts each one's weights from the caches, which moved single-call times by 5-40% in "
+        "trials here, far more than the 2% being measured.",
+        "",
+        f"Command: `{COMMAND}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -97,7 +116,7 @@ def gpu_rows(seconds: float = 3.0) -> list[dict]:
 
 
 def gpu_section(rows: list[dict] | None) -> str:
-    lines = ["## GPU throughput (helper D)", ""]
+    lines = ["## GPU throughput", ""]
     if not rows:
         return "\n".join(lines + [
             "Not measured: no GPU was available to this run. On a GPU machine run",
@@ -129,7 +148,7 @@ def run(args) -> str:
     """Markdown section for benchmarks/run.py (and GPU section when --gpu and a GPU is present)."""
     import torch
 
-    rounds = getattr(args, "rounds", None) or 9
+    rounds = getattr(args, "rounds", None) or 61
     text = overhead_section(measure_overhead(export(MODEL), rounds=rounds), rounds)
     if getattr(args, "gpu", False):
         text += "\n" + gpu_section(gpu_rows() if torch.cuda.is_available() else None)
@@ -138,7 +157,7 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=61)
     parser.add_argument("--gpu", action="store_true", help="also the GPU table (needs a CUDA GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -69,6 +69,11 @@ class OnnxRuntimeSession(Session):
         self._out_names = [outputs[0].name]
         log.debug("onnxruntime session on %s with %s", path, self.providers)
 
+    @property
+    def inference_session(self):
+        """The underlying onnxruntime.InferenceSession (for direct calls and comparisons)."""
+        return self._sess
+
     def _run(self, array: np.ndarray) -> np.ndarray:
         out = self._sess.run(self._out_names, {self._in_name: array})[0]
         return out if out.dtype == np.float32 else out.astype(np.float32)
