@@ -20,6 +20,13 @@ CHEAP = {
     "vit": {"embed_dim": 48, "num_heads": 2, "depth": 4, "img_size": 64},
     "pit": {"base_dim": 16, "depth": (2, 2, 2), "img_size": 64},
 }
+# Tinier forms (32x32, fewest blocks that still hold every layer type) for tests that only need
+# some graph of each family: runtime backends and quantization.
+TINY = {
+    "resnet": {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32},
+    "vit": {"embed_dim": 48, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32},
+    "pit": {"base_dim": 8, "depth": (2, 2, 2), "heads": (1, 2, 2), "patch_size": 4, "stride": 4, "img_size": 32},
+}
 ALL_MODELS = list_models()
 FULL_SIZE = [pytest.param(n, marks=pytest.mark.slow) for n in ALL_MODELS]
 REPRESENTATIVES = ["r50_hybrid", "vit_s_max", "pit_s_max"]
@@ -28,6 +35,11 @@ REPRESENTATIVES = ["r50_hybrid", "vit_s_max", "pit_s_max"]
 def cheap(name: str) -> dict:
     """Cheap create_model overrides for a registered model."""
     return dict(CHEAP[get_config(name).family])
+
+
+def tiny(name: str) -> dict:
+    """The tiniest create_model overrides for a registered model (see TINY)."""
+    return dict(TINY[get_config(name).family])
 
 
 def perturbed_checkpoint(name: str, path: Path, overrides: dict | None = None, seed: int = 1) -> Path:

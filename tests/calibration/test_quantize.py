@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from export_helpers import tiny
 from onnx import TensorProto, numpy_helper
 from PIL import Image
 
@@ -20,12 +21,6 @@ from pfdeploy.models import get_config, list_models
 
 DIGITS = Path(__file__).resolve().parents[1] / "fixtures" / "digits"
 FIXTURES = list_fixtures()
-# Small members of each family: same layer types as the registered shapes, a fraction of the compute.
-CHEAP = {
-    "resnet": {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32},
-    "vit": {"embed_dim": 48, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32},
-    "pit": {"base_dim": 8, "depth": (2, 2, 2), "heads": (1, 2, 2), "patch_size": 4, "stride": 4, "img_size": 32},
-}
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu"])
@@ -160,7 +155,7 @@ def test_every_registered_model_quantizes(name, tmp_path):
     """Cheap form of every registry entry (same layer types): the INT8 graph runs and keeps its pools INT8."""
     from pfdeploy.export import onnx_from_model
 
-    fp32 = onnx_from_model(name, tmp_path / "m.onnx", num_classes=10, overrides=CHEAP[get_config(name).family])
+    fp32 = onnx_from_model(name, tmp_path / "m.onnx", num_classes=10, overrides=tiny(name))
     out = int8_from_onnx(fp32, DIGITS / "calib", num_images=16, method="minmax", cache_dir=tmp_path)
     assert out.name == "m.int8.onnx"
     report = placement_report(onnx.load(out))

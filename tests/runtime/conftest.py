@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from export_helpers import tiny as cheap_overrides
 
-from pfdeploy.models import get_config
-
-# Small members of each family: same layers and ops, a fraction of the compute.
-CHEAP = {
-    "resnet": {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32},
-    "vit": {"embed_dim": 48, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32},
-    "pit": {"base_dim": 8, "depth": (2, 2, 2), "heads": (1, 2, 2), "patch_size": 4, "stride": 4, "img_size": 32},
-}
 CLASSES = 10
-
-
-def cheap_overrides(name: str) -> dict:
-    """create_model overrides that make `name` tiny (same family, same layer types)."""
-    return dict(CHEAP[get_config(name).family])
 
 
 @pytest.fixture(scope="session")
