@@ -86,3 +86,11 @@ def test_cli_bench_writes_json_and_plot(cheap_onnx, tmp_path, capsys):
     assert data["schema"] == SCHEMA and len(data["results"]) == 2
     assert png.stat().st_size > 0 and "img/s" in capsys.readouterr().out
     assert main(["bench", str(path), "--batch", "1,x"]) == 1
+
+
+def test_block_of_counts_every_call_but_the_first():
+    from pfdeploy.runtime.bench import block_of
+
+    calls, sink = [], []
+    block_of(lambda: calls.append(1), 4, sink)()
+    assert len(calls) == 4 and len(sink) == 3 and all(t >= 0 for t in sink)
