@@ -25,7 +25,7 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-# --- list / info -------------------------------------------------------------------------------
+# --- list / info ---------------------------------------------------------------------------------
 
 
 def add_list(sub) -> None:
@@ -75,101 +75,7 @@ def run_info(args) -> int:
     return 0
 
 
-# --- triton (helper E) -------------------------------------------------------------------------
-
-
-def add_triton(sub) -> None:
-    p = sub.add_parser("triton", help="write a Triton Inference Server model repository from artifacts")
-    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx files and/or .plan engines")
-    p.add_argument("--repo", required=True, metavar="DIR", help="model repository folder (created)")
-    p.add_argument("--max-batch", type=int, help="max_batch_size (default: engine profile max, 32 for ONNX)")
-    p.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
-    p.add_argument("--dynamic-batching", action="store_true", help="enable Triton's dynamic batcher")
-    p.add_argument("--preferred-batch", help="comma-separated preferred batch sizes for the batcher")
-    p.add_argument("--queue-delay-us", type=int, default=100, help="batcher max queue delay (default 100)")
-    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="instance kind")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="engines: no CUDA-graph optimization")
-    p.add_argument("--name", action="append", help="model name per artifact (default: from the file name)")
-
-
-def run_triton(args) -> int:
-    from pfdeploy.triton import TritonOptions, repository_from_artifacts
-
-    preferred = None
-    if args.preferred_batch:
-        try:
-            preferred = tuple(int(b) for b in args.preferred_batch.split(","))
-        except ValueError:
-            bad = args.preferred_batch
-            raise PfdeployError(f"--preferred-batch wants integers like 8,32, got {bad!r}") from None
-    options = TritonOptions(
-        max_batch=args.max_batch,
-        instances=args.instances,
-        dynamic_batching=args.dynamic_batching,
-        preferred_batch=preferred,
-        queue_delay_us=args.queue_delay_us,
-        device=args.device,
-        cuda_graphs=not args.no_cuda_graphs,
-    )
-    models = repository_from_artifacts(args.artifacts, args.repo, options, args.name)
-    rows = [
-        {"model": m.name, "platform": m.platform, "max batch": m.config["max_batch_size"],
-         "config": m.config_path}
-        for m in models
-    ]
-    print(_table(rows, ["model", "platform", "max batch", "config"]))
-    print(f"serve with: tritonserver --model-repository {args.repo}")
-    return 0
-
-
-# --- build-engine (helper C) -------------------------------------------------------------------
-
-
-def add_build_engine(sub) -> None:
-    p = sub.add_parser(
-        "build-engine", help="compile a strongly typed ONNX (FP32/FP16/INT8 Q/DQ) into a TensorRT engine"
-    )
-    p.add_argument("onnx", metavar="ONNX", help="ONNX file made by `pfdeploy export` / `pfdeploy quantize`")
-    p.add_argument("--output", "-o", metavar="PLAN", help="engine path (default: ONNX with .plan)")
-    p.add_argument("--batch", metavar="MIN,OPT,MAX", help="batch range of the profile (default 1,8,32 for a "
-                   "dynamic batch, the fixed batch otherwise)")
-    p.add_argument("--workspace", type=float, metavar="GiB", help="workspace memory pool limit in GiB")
-    p.add_argument("--opt-level", type=int, default=3, choices=range(0, 6), metavar="0-5",
-                   help="TensorRT builder optimization level (default 3)")
-    p.add_argument("--timing-cache", metavar="PATH", help="timing cache file: read, then updated")
-    p.add_argument("--hardware-compat", default="none", choices=["none", "ampere+", "same-cc"],
-                   help="ampere+: any Ampere or newer GPU; same-cc: GPUs of this compute capability")
-    p.add_argument("--version-compatible", action="store_true", help="engine also loads on newer TensorRT")
-    p.add_argument("--inspect", action="store_true", help="save the engine's layer info as PLAN.layers.json")
-    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_build_engine(args) -> int:
-    from pfdeploy.engines import engine_from_onnx
-    from pfdeploy.engines.profile import parse_batch_range
-
-    batch = parse_batch_range(args.batch) if args.batch else None
-    result = engine_from_onnx(
-        args.onnx, args.output, batch=batch, workspace_gib=args.workspace, opt_level=args.opt_level,
-        timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
-        version_compatible=args.version_compatible, inspect=args.inspect, force=args.force,
-        progress=not args.no_progress,
-    )
-    m = result.manifest
-    if result.reused:
-        print(f"reused {result.path}: same ONNX, options, GPU and TensorRT (pass --force to rebuild)")
-    else:
-        print(f"built {result.path} ({m['plan']['bytes'] / 1e6:.1f} MB, {m['precision']}, batch "
-              f"{m['batch']['min']}-{m['batch']['max']}) in {m['build_seconds']:.1f} s on "
-              f"{m['environment']['gpu_name']} with TensorRT {m['environment']['tensorrt_version']}")
-    print(f"manifest {result.manifest_path}")
-    if m.get("layer_info"):
-        print(f"layer info {result.path.parent / m['layer_info']}")
-    return 0
-
-
-# --- export / verify (helper A) ----------------------------------------------------------------
+# --- export / verify -----------------------------------------------------------------------------
 
 
 def _batch_arg(value: str):
@@ -236,90 +142,97 @@ def run_verify(args) -> int:
     return 0 if report.passed else 1
 
 
-# --- deploy (helper E) -------------------------------------------------------------------------
+# --- quantize (calibration / INT8) --------------------------------------------------------------
 
 
-def add_deploy(sub) -> None:
-    p = sub.add_parser("deploy", help="export, verify, convert, quantize, build engines, benchmark: "
-                       "artifacts plus report.json / report.md")
-    p.add_argument("name", nargs="?", help="registered model name (or use --fixture)")
-    p.add_argument("--fixture", metavar="NAME",
-                   help="a trained fixture of tests/fixtures/trained/fixtures.json (its model, classes, "
-                   "overrides, checkpoint, preprocessing, calibration and val images)")
-    p.add_argument("--checkpoint", metavar="PATH",
-                   help="weights (.pth); without it: random weights, labelled so")
-    p.add_argument("--num-classes", type=int, help="classifier size of the checkpoint (default: registry's)")
-    p.add_argument("--override", action="append", metavar="KEY=VALUE",
-                   help="create_model override, JSON value (e.g. layers=[1,1,1,1]); repeatable")
-    p.add_argument("--precision", help="comma-separated subset of fp32,fp16,int8 "
-                   "(default fp32,fp16, plus int8 when --calib-data is given)")
-    p.add_argument("--calib-data", metavar="DIR", help="calibration images for INT8")
-    p.add_argument("--calib-images", type=int, help="calibration images to use (default 512)")
-    p.add_argument("--calib-method", choices=["entropy", "percentile", "minmax"], help="default entropy")
-    p.add_argument("--input-format", choices=["float-nchw", "uint8-nhwc"],
-                   help="graph input: normalized float NCHW (default) or raw uint8 NHWC pixels")
-    p.add_argument("--int8-target", choices=["tensorrt", "cpu"],
-                   help="INT8 graph for TensorRT (default; symmetric Q/DQ) or for ONNX Runtime CPU kernels")
-    p.add_argument("--val-data", metavar="DIR", help="images for verification against PyTorch (optional)")
-    p.add_argument("--verify-samples", type=int, help="images per verification source (default 8)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default deploy-out/<name>)")
-    p.add_argument("--engines", choices=["auto", "yes", "no"], default="auto",
-                   help="TensorRT engines: auto = when TensorRT and a GPU are present (default)")
-    p.add_argument("--engine-batch", default="1,8,32", help="engine profile MIN,OPT,MAX (default 1,8,32)")
-    p.add_argument("--bench-batch", default="1,8", help="benchmark batch sizes (default 1,8)")
-    p.add_argument("--bench-seconds", type=float, default=1.0,
-                   help="seconds per artifact and batch (default 1)")
-    p.add_argument("--force", action="store_true", help="redo every step even when its inputs are unchanged")
-    p.add_argument("--json", action="store_true", help="print report.json instead of the tables")
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="calibrate an FP32 ONNX graph on images and write an INT8 Q/DQ graph")
+    p.add_argument("onnx", help="FP32 ONNX file from `pfdeploy export`")
+    p.add_argument("--calib-data", required=True, metavar="SRC",
+                   help="class folder (DIR/<class>/*.jpg), flat folder of images, or .npy/.npz array")
+    p.add_argument("--num-images", type=int, default=512, help="calibration images (default 512)")
+    p.add_argument("--method", choices=("entropy", "percentile", "minmax"), default="entropy")
+    p.add_argument("--output", metavar="PATH", help="default: <name>.int8.onnx (or .int8-cpu.onnx) beside the input")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names to keep in float")
+    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="tensorrt: symmetric INT8 for TensorRT (default); cpu: the same quantization "
+                        "re-encoded for ONNX Runtime's x86 kernels (u8 activations, ReLU folded)")
+    p.add_argument("--quantizer", choices=("ort", "modelopt"), default="ort",
+                   help="onnxruntime.quantization (default) or NVIDIA ModelOpt's ONNX quantizer when installed")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling --num-images (default 0)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="calibration cache (default $PFDEPLOY_CACHE or ~/.cache/pfdeploy)")
 
 
-def _deploy_options(args):
-    from pathlib import Path
+def run_quantize(args) -> int:
+    import onnx
 
-    from pfdeploy.deploy import DeployOptions, options_for_fixture, parse_overrides
-    from pfdeploy.engines.profile import parse_batch_range
+    from pfdeploy.calibration import int8_from_onnx
+    from pfdeploy.calibration.qdq import ort_kernel_report, placement_report
 
-    if bool(args.name) == bool(args.fixture):
-        raise PfdeployError("deploy needs a model NAME or --fixture NAME (not both); see `pfdeploy list`")
-    common = {
-        "precisions": args.precision, "engines": args.engines, "force": args.force,
-        "engine_batch": parse_batch_range(args.engine_batch), "bench_batches": args.bench_batch,
-        "bench_seconds": args.bench_seconds,
-    }
-    optional = {"calib_images": args.calib_images, "calib_method": args.calib_method,
-                "int8_target": args.int8_target, "input_format": args.input_format,
-                "verify_samples": args.verify_samples}
-    common.update({k: v for k, v in optional.items() if v is not None})
-    paths = {"calib_data": args.calib_data, "val_data": args.val_data, "checkpoint": args.checkpoint}
-    paths = {k: Path(v) for k, v in paths.items() if v is not None}
-    stem = args.fixture or args.name
-    out = Path(args.out or Path("deploy-out") / stem)
-    if args.fixture:
-        if args.override or args.num_classes is not None:
-            raise PfdeployError("--fixture sets the classes and overrides; drop --num-classes/--override")
-        return options_for_fixture(args.fixture, out, **paths, **common)
-    overrides = parse_overrides(args.override)
-    return DeployOptions(args.name, out, num_classes=args.num_classes, overrides=overrides, **paths, **common)
-
-
-def run_deploy(args) -> int:
-    from pfdeploy.deploy import deploy, tables_from_report
-
-    report = deploy(_deploy_options(args))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(tables_from_report(report))
-    out = report["options"]["out"]
-    print(f"report: {out}/report.md, {out}/report.json")
-    failed = [a["file"] for a in report["artifacts"] if not a.get("verify", {}).get("passed")]
-    if failed:
-        print(f"pfdeploy: verification FAILED for {', '.join(failed)} (see report.md)", file=sys.stderr)
-        return 1
+    out = int8_from_onnx(args.onnx, args.calib_data, args.output, num_images=args.num_images, method=args.method,
+                         exclude=args.exclude, seed=args.seed, cache_dir=args.cache_dir, target=args.target,
+                         quantizer=args.quantizer)
+    placement, kernels = placement_report(onnx.load(str(out), load_external_data=False)), ort_kernel_report(str(out))
+    rows = [{"op": op, "in graph": "int8", "count": n, "why": ""} for op, n in sorted(placement["int8"].items())]
+    rows += [{"op": op, "in graph": "float", "count": n, "why": placement["reasons"].get(op, "")}
+             for op, n in sorted(placement["float"].items())]
+    print(_table(rows, ["op", "in graph", "count", "why"]))
+    fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"  # noqa: E731
+    print(f"ONNX Runtime CPU kernels, int8: {fmt(kernels['int8'])}")
+    print(f"ONNX Runtime CPU kernels, float: {fmt(kernels['float'])}")
+    print(f"wrote {out}")
     return 0
 
 
-# --- bench / predict / eval (helper D) ----------------------------------------------------------
+# --- build-engine --------------------------------------------------------------------------------
+
+
+def add_build_engine(sub) -> None:
+    p = sub.add_parser(
+        "build-engine", help="compile a strongly typed ONNX (FP32/FP16/INT8 Q/DQ) into a TensorRT engine"
+    )
+    p.add_argument("onnx", metavar="ONNX", help="ONNX file made by `pfdeploy export` / `pfdeploy quantize`")
+    p.add_argument("--output", "-o", metavar="PLAN", help="engine path (default: ONNX with .plan)")
+    p.add_argument("--batch", metavar="MIN,OPT,MAX", help="batch range of the profile (default 1,8,32 for a "
+                   "dynamic batch, the fixed batch otherwise)")
+    p.add_argument("--workspace", type=float, metavar="GiB", help="workspace memory pool limit in GiB")
+    p.add_argument("--opt-level", type=int, default=3, choices=range(0, 6), metavar="0-5",
+                   help="TensorRT builder optimization level (default 3)")
+    p.add_argument("--timing-cache", metavar="PATH", help="timing cache file: read, then updated")
+    p.add_argument("--hardware-compat", default="none", choices=["none", "ampere+", "same-cc"],
+                   help="ampere+: any Ampere or newer GPU; same-cc: GPUs of this compute capability")
+    p.add_argument("--version-compatible", action="store_true", help="engine also loads on newer TensorRT")
+    p.add_argument("--inspect", action="store_true", help="save the engine's layer info as PLAN.layers.json")
+    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_build_engine(args) -> int:
+    from pfdeploy.engines import engine_from_onnx
+    from pfdeploy.engines.profile import parse_batch_range
+
+    batch = parse_batch_range(args.batch) if args.batch else None
+    result = engine_from_onnx(
+        args.onnx, args.output, batch=batch, workspace_gib=args.workspace, opt_level=args.opt_level,
+        timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
+        version_compatible=args.version_compatible, inspect=args.inspect, force=args.force,
+        progress=not args.no_progress,
+    )
+    m = result.manifest
+    if result.reused:
+        print(f"reused {result.path}: same ONNX, options, GPU and TensorRT (pass --force to rebuild)")
+    else:
+        print(f"built {result.path} ({m['plan']['bytes'] / 1e6:.1f} MB, {m['precision']}, batch "
+              f"{m['batch']['min']}-{m['batch']['max']}) in {m['build_seconds']:.1f} s on "
+              f"{m['environment']['gpu_name']} with TensorRT {m['environment']['tensorrt_version']}")
+    print(f"manifest {result.manifest_path}")
+    if m.get("layer_info"):
+        print(f"layer info {result.path.parent / m['layer_info']}")
+    return 0
+
+
+# --- bench / predict / eval ----------------------------------------------------------------------
 
 
 def _batches(text: str) -> list[int]:
@@ -441,46 +354,133 @@ def run_eval(args) -> int:
     return 0
 
 
-# --- quantize (calibration / INT8) --------------------------------------------------------------
+# --- deploy --------------------------------------------------------------------------------------
 
 
-def add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="calibrate an FP32 ONNX graph on images and write an INT8 Q/DQ graph")
-    p.add_argument("onnx", help="FP32 ONNX file from `pfdeploy export`")
-    p.add_argument("--calib-data", required=True, metavar="SRC",
-                   help="class folder (DIR/<class>/*.jpg), flat folder of images, or .npy/.npz array")
-    p.add_argument("--num-images", type=int, default=512, help="calibration images (default 512)")
-    p.add_argument("--method", choices=("entropy", "percentile", "minmax"), default="entropy")
-    p.add_argument("--output", metavar="PATH", help="default: <name>.int8.onnx (or .int8-cpu.onnx) beside the input")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names to keep in float")
-    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
-                   help="tensorrt: symmetric INT8 for TensorRT (default); cpu: the same quantization "
-                        "re-encoded for ONNX Runtime's x86 kernels (u8 activations, ReLU folded)")
-    p.add_argument("--quantizer", choices=("ort", "modelopt"), default="ort",
-                   help="onnxruntime.quantization (default) or NVIDIA ModelOpt's ONNX quantizer when installed")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling --num-images (default 0)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="calibration cache (default $PFDEPLOY_CACHE or ~/.cache/pfdeploy)")
+def add_deploy(sub) -> None:
+    p = sub.add_parser("deploy", help="export, verify, convert, quantize, build engines, benchmark: "
+                       "artifacts plus report.json / report.md")
+    p.add_argument("name", nargs="?", help="registered model name (or use --fixture)")
+    p.add_argument("--fixture", metavar="NAME",
+                   help="a trained fixture of tests/fixtures/trained/fixtures.json (its model, classes, "
+                   "overrides, checkpoint, preprocessing, calibration and val images)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="weights (.pth); without it: random weights, labelled so")
+    p.add_argument("--num-classes", type=int, help="classifier size of the checkpoint (default: registry's)")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="create_model override, JSON value (e.g. layers=[1,1,1,1]); repeatable")
+    p.add_argument("--precision", help="comma-separated subset of fp32,fp16,int8 "
+                   "(default fp32,fp16, plus int8 when --calib-data is given)")
+    p.add_argument("--calib-data", metavar="DIR", help="calibration images for INT8")
+    p.add_argument("--calib-images", type=int, help="calibration images to use (default 512)")
+    p.add_argument("--calib-method", choices=["entropy", "percentile", "minmax"], help="default entropy")
+    p.add_argument("--input-format", choices=["float-nchw", "uint8-nhwc"],
+                   help="graph input: normalized float NCHW (default) or raw uint8 NHWC pixels")
+    p.add_argument("--int8-target", choices=["tensorrt", "cpu"],
+                   help="INT8 graph for TensorRT (default; symmetric Q/DQ) or for ONNX Runtime CPU kernels")
+    p.add_argument("--val-data", metavar="DIR", help="images for verification against PyTorch (optional)")
+    p.add_argument("--verify-samples", type=int, help="images per verification source (default 8)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default deploy-out/<name>)")
+    p.add_argument("--engines", choices=["auto", "yes", "no"], default="auto",
+                   help="TensorRT engines: auto = when TensorRT and a GPU are present (default)")
+    p.add_argument("--engine-batch", default="1,8,32", help="engine profile MIN,OPT,MAX (default 1,8,32)")
+    p.add_argument("--bench-batch", default="1,8", help="benchmark batch sizes (default 1,8)")
+    p.add_argument("--bench-seconds", type=float, default=1.0,
+                   help="seconds per artifact and batch (default 1)")
+    p.add_argument("--force", action="store_true", help="redo every step even when its inputs are unchanged")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the tables")
 
 
-def run_quantize(args) -> int:
-    import onnx
+def _deploy_options(args):
+    from pathlib import Path
 
-    from pfdeploy.calibration import int8_from_onnx
-    from pfdeploy.calibration.qdq import ort_kernel_report, placement_report
+    from pfdeploy.deploy import DeployOptions, options_for_fixture, parse_overrides
+    from pfdeploy.engines.profile import parse_batch_range
 
-    out = int8_from_onnx(args.onnx, args.calib_data, args.output, num_images=args.num_images, method=args.method,
-                         exclude=args.exclude, seed=args.seed, cache_dir=args.cache_dir, target=args.target,
-                         quantizer=args.quantizer)
-    placement, kernels = placement_report(onnx.load(str(out), load_external_data=False)), ort_kernel_report(str(out))
-    rows = [{"op": op, "in graph": "int8", "count": n, "why": ""} for op, n in sorted(placement["int8"].items())]
-    rows += [{"op": op, "in graph": "float", "count": n, "why": placement["reasons"].get(op, "")}
-             for op, n in sorted(placement["float"].items())]
-    print(_table(rows, ["op", "in graph", "count", "why"]))
-    fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"  # noqa: E731
-    print(f"ONNX Runtime CPU kernels, int8: {fmt(kernels['int8'])}")
-    print(f"ONNX Runtime CPU kernels, float: {fmt(kernels['float'])}")
-    print(f"wrote {out}")
+    if bool(args.name) == bool(args.fixture):
+        raise PfdeployError("deploy needs a model NAME or --fixture NAME (not both); see `pfdeploy list`")
+    common = {
+        "precisions": args.precision, "engines": args.engines, "force": args.force,
+        "engine_batch": parse_batch_range(args.engine_batch), "bench_batches": args.bench_batch,
+        "bench_seconds": args.bench_seconds,
+    }
+    optional = {"calib_images": args.calib_images, "calib_method": args.calib_method,
+                "int8_target": args.int8_target, "input_format": args.input_format,
+                "verify_samples": args.verify_samples}
+    common.update({k: v for k, v in optional.items() if v is not None})
+    paths = {"calib_data": args.calib_data, "val_data": args.val_data, "checkpoint": args.checkpoint}
+    paths = {k: Path(v) for k, v in paths.items() if v is not None}
+    stem = args.fixture or args.name
+    out = Path(args.out or Path("deploy-out") / stem)
+    if args.fixture:
+        if args.override or args.num_classes is not None:
+            raise PfdeployError("--fixture sets the classes and overrides; drop --num-classes/--override")
+        return options_for_fixture(args.fixture, out, **paths, **common)
+    overrides = parse_overrides(args.override)
+    return DeployOptions(args.name, out, num_classes=args.num_classes, overrides=overrides, **paths, **common)
+
+
+def run_deploy(args) -> int:
+    from pfdeploy.deploy import deploy, tables_from_report
+
+    report = deploy(_deploy_options(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(tables_from_report(report))
+    out = report["options"]["out"]
+    print(f"report: {out}/report.md, {out}/report.json")
+    failed = [a["file"] for a in report["artifacts"] if not a.get("verify", {}).get("passed")]
+    if failed:
+        print(f"pfdeploy: verification FAILED for {', '.join(failed)} (see report.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- triton --------------------------------------------------------------------------------------
+
+
+def add_triton(sub) -> None:
+    p = sub.add_parser("triton", help="write a Triton Inference Server model repository from artifacts")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx files and/or .plan engines")
+    p.add_argument("--repo", required=True, metavar="DIR", help="model repository folder (created)")
+    p.add_argument("--max-batch", type=int, help="max_batch_size (default: engine profile max, 32 for ONNX)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    p.add_argument("--dynamic-batching", action="store_true", help="enable Triton's dynamic batcher")
+    p.add_argument("--preferred-batch", help="comma-separated preferred batch sizes for the batcher")
+    p.add_argument("--queue-delay-us", type=int, default=100, help="batcher max queue delay (default 100)")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="instance kind")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="engines: no CUDA-graph optimization")
+    p.add_argument("--name", action="append", help="model name per artifact (default: from the file name)")
+
+
+def run_triton(args) -> int:
+    from pfdeploy.triton import TritonOptions, repository_from_artifacts
+
+    preferred = None
+    if args.preferred_batch:
+        try:
+            preferred = tuple(int(b) for b in args.preferred_batch.split(","))
+        except ValueError:
+            bad = args.preferred_batch
+            raise PfdeployError(f"--preferred-batch wants integers like 8,32, got {bad!r}") from None
+    options = TritonOptions(
+        max_batch=args.max_batch,
+        instances=args.instances,
+        dynamic_batching=args.dynamic_batching,
+        preferred_batch=preferred,
+        queue_delay_us=args.queue_delay_us,
+        device=args.device,
+        cuda_graphs=not args.no_cuda_graphs,
+    )
+    models = repository_from_artifacts(args.artifacts, args.repo, options, args.name)
+    rows = [
+        {"model": m.name, "platform": m.platform, "max batch": m.config["max_batch_size"],
+         "config": m.config_path}
+        for m in models
+    ]
+    print(_table(rows, ["model", "platform", "max batch", "config"]))
+    print(f"serve with: tritonserver --model-repository {args.repo}")
     return 0
 
 
@@ -491,13 +491,13 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("info", add_info, run_info),
     ("export", add_export, run_export),
     ("verify", add_verify, run_verify),
-    ("triton", add_triton, run_triton),
-    ("deploy", add_deploy, run_deploy),
+    ("quantize", add_quantize, run_quantize),
     ("build-engine", add_build_engine, run_build_engine),
     ("bench", add_bench, run_bench),
     ("predict", add_predict, run_predict),
     ("eval", add_eval, run_eval),
-    ("quantize", add_quantize, run_quantize),
+    ("deploy", add_deploy, run_deploy),
+    ("triton", add_triton, run_triton),
 ]
 
 

@@ -23,7 +23,7 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 def ort_session(path: Path, device: str, intra_op_threads: int | None, providers: list[str] | None):
-    """The throughput-tuned InferenceSession for `path` (helper A's shared factory)."""
+    """The throughput-tuned InferenceSession for `path` (the shared factory in ort_options)."""
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
 
     return ort_session_from_onnx(path, device=device, intra_op_threads=intra_op_threads,

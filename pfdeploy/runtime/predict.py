@@ -113,7 +113,7 @@ def predict(images: Sequence[str | Path], model: Any, *, top_k_count: int = 5,
 
 
 def _labeled_source(data: str | Path):
-    """helper B's ImageSource for `data`, refused unless every image has a class label."""
+    """The calibration stage's ImageSource for `data`, refused unless every image has a class label."""
     from pfdeploy.calibration.images import ImageSource
 
     source = ImageSource(data)

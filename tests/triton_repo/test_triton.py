@@ -92,7 +92,7 @@ def test_fixed_batch_onnx_has_no_batching(tmp_path):
 
 
 def _engine(tmp_path: Path, batch=(1, 8, 32), in_shape=("batch", 3, 32, 32)) -> Path:
-    """An ONNX graph plus the manifest helper C's engine builder writes beside its plan.
+    """An ONNX graph plus the manifest the engine builder writes beside its plan.
 
     No TensorRT here, so the plan bytes are a placeholder: Triton's config never reads them, and
     the repository test only checks that they are copied unchanged.
