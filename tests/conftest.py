@@ -21,3 +21,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(
                 pytest.mark.skip(reason="needs TensorRT and a GPU; install pfdeploy[tensorrt] on a GPU machine")
             )
+
+
+@pytest.fixture(scope="session")
+def cheap_exports(tmp_path_factory):
+    """name -> (onnx path, checkpoint) of the model's cheap form, exported once per test session."""
+    from export_helpers import cheap_exporter
+
+    return cheap_exporter(tmp_path_factory)

@@ -71,16 +71,13 @@ def assert_close(ref: np.ndarray, got: np.ndarray, rel: float = 1e-4) -> None:
     np.testing.assert_allclose(got, ref, rtol=rel, atol=rel * float(np.abs(ref).max()))
 
 
-_CACHE: dict[str, tuple[Path, Path]] = {}
-
-
 def cheap_exporter(tmp_path_factory):
     """A function name -> (onnx path, checkpoint): the dynamic-batch fp32 ONNX of the model's cheap
-    form exported from a perturbed checkpoint, exported once per test session (cache shared by
-    every test module; each wraps this in a session fixture named `cheap_exports`).
+    form exported from a perturbed checkpoint (tests use it through the session fixture
+    `cheap_exports` in tests/conftest.py, so each model is exported once per session).
     """
     root = tmp_path_factory.mktemp("cheap_exports")
-    cache = _CACHE
+    cache: dict[str, tuple[Path, Path]] = {}
 
     def get(name: str) -> tuple[Path, Path]:
         if name not in cache or not cache[name][0].exists():

@@ -11,7 +11,6 @@ import pytest
 from export_helpers import (
     ALL_MODELS,
     FULL_SIZE,
-    cheap_exporter,
     perturbed_checkpoint,
 )
 
@@ -19,12 +18,6 @@ from pfdeploy.errors import PfdeployError
 from pfdeploy.export import FP32_OPS, describe_onnx, fp16_from_onnx, onnx_from_model, read_metadata
 from pfdeploy.runtime.ort_options import ort_session_from_onnx
 from pfdeploy.runtime.verify import verify_artifact
-
-
-@pytest.fixture(scope="session")
-def cheap_exports(tmp_path_factory):
-    return cheap_exporter(tmp_path_factory)
-
 
 TRAINED = Path(__file__).parents[1] / "fixtures" / "trained"
 DIGITS = Path(__file__).parents[1] / "fixtures" / "digits"

@@ -13,7 +13,6 @@ from export_helpers import (
     REPRESENTATIVES,
     assert_close,
     cheap,
-    cheap_exporter,
     perturbed_checkpoint,
     torch_logits,
 )
@@ -23,11 +22,6 @@ from pfdeploy.calibration.preprocess import normalize_uint8, preprocess_for
 from pfdeploy.errors import PfdeployError
 from pfdeploy.export import describe_onnx, model_from_metadata, onnx_from_model, read_metadata
 from pfdeploy.runtime.ort_options import ort_session_from_onnx
-
-
-@pytest.fixture(scope="session")
-def cheap_exports(tmp_path_factory):
-    return cheap_exporter(tmp_path_factory)
 
 KEYS = ("model", "num_classes", "overrides", "checkpoint_sha256", "preprocess", "input_format",
         "precision", "opset", "version", "pf_layers")

@@ -6,17 +6,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from export_helpers import ALL_MODELS, assert_close, cheap_exporter, torch_logits
+from export_helpers import ALL_MODELS, assert_close, torch_logits
 
 from pfdeploy._io import sha256_file
 from pfdeploy.export import fp16_from_onnx, model_from_metadata, read_metadata
 from pfdeploy.models.layers import Attention
 from pfdeploy.runtime.ort_options import attention_fused_for_cpu, ort_session_from_onnx
-
-
-@pytest.fixture(scope="session")
-def cheap_exports(tmp_path_factory):
-    return cheap_exporter(tmp_path_factory)
 
 
 def _attention_blocks(model) -> int:

@@ -7,18 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from export_helpers import cheap_exporter
 from onnx import numpy_helper
 
 from pfdeploy.cli import main
 from pfdeploy.errors import PfdeployError
 from pfdeploy.runtime.verify import TOLERANCES, compare_logits, smooth_images, verify_artifact
-
-
-@pytest.fixture(scope="session")
-def cheap_exports(tmp_path_factory):
-    return cheap_exporter(tmp_path_factory)
-
 
 
 def test_compare_logits_identical_and_perturbed():
