@@ -211,7 +211,7 @@ def qdq_graph(pre_path: Path, out_path: Path, ops: list[str], cache_file: Path, 
 
     quantize_static(
         str(pre_path), str(out_path), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
-        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=True, reduce_range=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         nodes_to_exclude=list(exclude), calibration_cache_path=str(cache_file), calibrate_method=_ort_method(method),
         # ForceQuantizeNoInputCheck: quantize the max-pools even where their input is float (the
         # transformers' mixer follows a GELU), so the parameter-free layers always run in INT8.
