@@ -30,12 +30,12 @@ import onnx
 
 from pfdeploy._io import atomic_path, sha256_file
 from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8
+from pfdeploy.choices import CALIB_METHODS, INT8_TARGETS
 from pfdeploy.errors import PfdeployError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("entropy", "percentile", "minmax")
-TARGETS = ("tensorrt", "cpu")
+METHODS, TARGETS = CALIB_METHODS, INT8_TARGETS
 QUANTIZERS = ("ort", "modelopt")
 MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}
 CALIB_BATCH = 8

@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pfdeploy.choices import CALIB_METHODS, INPUT_FORMATS, INT8_TARGETS, PRECISIONS
 from pfdeploy.errors import PfdeployError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_MODES = ("auto", "yes", "no")
-CALIB_METHODS = ("entropy", "percentile", "minmax")
-INT8_TARGETS = ("tensorrt", "cpu")
-INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pfdeploy._io import sha256_file
+from pfdeploy.choices import PRECISIONS
 from pfdeploy.errors import PfdeployError
 
 METADATA_PREFIX = "pfdeploy."
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from torch import nn
 
 from pfdeploy._io import atomic_path, sha256_file
 from pfdeploy.calibration.preprocess import Preprocess
+from pfdeploy.choices import EXPORT_PRECISIONS, INPUT_FORMATS
 from pfdeploy.errors import PfdeployError
 from pfdeploy.export.metadata import PREFIX, RANDOM, metadata_for, set_metadata
-from pfdeploy.export.preprocess import INPUT_FORMATS, sample_input, wrap_input_format
+from pfdeploy.export.preprocess import sample_input, wrap_input_format
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET, DEFAULT_OPSET, MAX_OPSET = 18, 20, 23
-PRECISIONS = ("fp32", "fp16")
 MAX_BATCH = 4096
 RANDOM_SEED = 0
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -116,7 +116,7 @@ def _check_args(batch: str | int, opset: int, precision: str, input_format: str)
             f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (the torch.export-based "
             f"exporter emits opset >= {MIN_OPSET}; 20+ writes GELU as one Gelu op)"
         )
-    if precision not in PRECISIONS:
+    if precision not in EXPORT_PRECISIONS:
         raise PfdeployError(f"precision {precision!r} is not exported here; use fp32 or fp16 "
                             "(INT8: `pfdeploy quantize` on the fp32 graph)")
     if input_format not in INPUT_FORMATS:

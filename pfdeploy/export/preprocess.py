@@ -7,8 +7,6 @@ from torch import Tensor, nn
 
 from pfdeploy.calibration.preprocess import Preprocess
 
-INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
-
 
 class Uint8NHWCInput(nn.Module):
     """uint8 (N, H, W, 3) -> layout change, cast, (x / 255 - mean) / std -> the wrapped model.

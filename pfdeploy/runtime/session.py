@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pfdeploy.choices import LAYOUTS
 from pfdeploy.errors import PfdeployError
-
-INPUT_FORMATS = {"float-nchw": "NCHW", "uint8-nhwc": "NHWC"}
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,8 @@ class InputSpec:
 def spec_for_format(input_format: str, size: int, name: str = "input", dtype: str | None = None,
                     min_batch: int = 1, max_batch: int | None = None) -> InputSpec:
     """The InputSpec of an image model taking `input_format` at `size` x `size`."""
-    if input_format not in INPUT_FORMATS:
-        raise PfdeployError(f"unknown input format {input_format!r}; use one of {sorted(INPUT_FORMATS)}")
+    if input_format not in LAYOUTS:
+        raise PfdeployError(f"unknown input format {input_format!r}; use one of {sorted(LAYOUTS)}")
     if input_format == "uint8-nhwc":
         return InputSpec(name, (None, size, size, 3), "uint8", "NHWC", min_batch, max_batch)
     return InputSpec(name, (None, 3, size, size), dtype or "float32", "NCHW", min_batch, max_batch)
