@@ -7,7 +7,7 @@ JSON schema (`SCHEMA` = "pfdeploy.bench/1"), as returned by `benchmark` and writ
       "schema": "pfdeploy.bench/1",
       "created": ISO-8601 UTC time,
       "environment": {"pfdeploy", "python", "numpy", "torch", "onnxruntime", "platform",
-                      "cpu", "cpu_count", "gpu" (name or null)},
+                      "cpu", "cpu_flags" (notable instruction sets), "cpu_count", "gpu" (name or null)},
       "settings": {"batches": [int], "seconds": float, "warmup": int, "interleaved": true},
       "targets": [{"label", "target", "backend", "device", "precision", "model", "input": InputSpec}],
       "results": [{"label", "batch", "mode", "calls", "images_per_second",
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from pfdeploy._cpu import cpu_name, notable_flags
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 from pfdeploy.runtime.session import Session
 from pfdeploy.runtime.timing import latency_stats, time_interleaved
@@ -58,7 +59,8 @@ def environment() -> dict[str, Any]:
 
     env: dict[str, Any] = {
         "pfdeploy": __version__, "python": platform.python_version(), "numpy": np.__version__,
-        "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "gpu": None,
+        "platform": platform.platform(), "cpu": cpu_name(), "cpu_flags": notable_flags(),
+        "cpu_count": os.cpu_count(), "gpu": None,
     }
     for name in ("torch", "onnxruntime"):
         module = sys.modules.get(name)
@@ -67,16 +69,6 @@ def environment() -> dict[str, Any]:
     if torch is not None and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _label(target: Any, index: int) -> str:
