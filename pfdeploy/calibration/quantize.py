@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from pfdeploy._io import atomic_path, sha256_file
+from pfdeploy._onnxfile import load_onnx
 from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8
 from pfdeploy.choices import CALIB_METHODS, INT8_TARGETS
 from pfdeploy.errors import PfdeployError
@@ -56,18 +57,6 @@ class CalibrationSet:
     inputs: np.ndarray  # what the graph's input takes (float NCHW or uint8 NHWC)
     sha256: str
     stats: Any
-
-
-def _load_onnx(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise PfdeployError(f"ONNX file {path} not found; export one with `pfdeploy export NAME`")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError and others on a non-ONNX file
-        raise PfdeployError(f"{path} is not an ONNX model ({type(exc).__name__}); pass an FP32 .onnx file") from exc
-    if not model.graph.node:
-        raise PfdeployError(f"{path} is not an ONNX model (empty graph); pass an FP32 .onnx file")
-    return model
 
 
 def check_quantizable(model: onnx.ModelProto, path: Path) -> None:
@@ -277,7 +266,7 @@ def int8_from_onnx(onnx_path: str | Path, calib_data: str | Path, output: str | 
     if quantizer == "modelopt" and target != "tensorrt":
         raise PfdeployError("--quantizer modelopt makes TensorRT graphs only; use --target tensorrt")
     onnx_path = Path(onnx_path)
-    source = _load_onnx(onnx_path)
+    source = load_onnx(onnx_path, fix="pass the FP32 .onnx file from `pfdeploy export`")
     check_quantizable(source, onnx_path)
     _check_exclude(source, exclude)
     pre, input_format = preprocess_of(source, onnx_path)

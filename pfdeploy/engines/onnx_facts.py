@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pfdeploy._io import sha256_file
+from pfdeploy._onnxfile import load_onnx
 from pfdeploy.choices import PRECISIONS
 from pfdeploy.errors import PfdeployError
 
@@ -32,17 +33,6 @@ class OnnxFacts:
     inputs: tuple
     precision: str
     precision_source: str  # "metadata" or "graph"
-
-
-def _load(path: Path):
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a non-ONNX file
-        raise PfdeployError(
-            f"{path} is not a readable ONNX model ({exc}); export one with `pfdeploy export`"
-        ) from exc
 
 
 def input_specs_from_model(model) -> tuple:
@@ -87,9 +77,7 @@ def precision_from_graph(model) -> str:
 def onnx_facts(path: str | os.PathLike) -> OnnxFacts:
     """Read sha256, pfdeploy.* metadata, inputs and precision of an ONNX file (no external data loaded)."""
     path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"ONNX file not found: {path}; export one with `pfdeploy export MODEL`")
-    model = _load(path)
+    model = load_onnx(path, external_data=False)
     metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
     inputs = input_specs_from_model(model)
     if not inputs:

@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pfdeploy.errors import PfdeployError
-
 SHAPE_SOURCES = ("Shape", "Size")
 
 
@@ -54,11 +52,8 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
 
 def describe_onnx(path: str | Path) -> dict[str, Any]:
     """IO names/dtypes/shapes, opsets, pfdeploy metadata, node counts per op type and parameters."""
+    from pfdeploy._onnxfile import load_onnx
+
     path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"ONNX file {path} not found")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # a truncated or foreign file
-        raise PfdeployError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from exc
+    model = load_onnx(path)
     return {"path": str(path), "bytes": path.stat().st_size, **describe_model(model)}

@@ -67,13 +67,9 @@ def read_metadata(path: str | Path | onnx.ModelProto) -> dict[str, str]:
     if isinstance(path, onnx.ModelProto):
         model = path
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise PfdeployError(f"ONNX file {path} not found; export one with `pfdeploy export NAME`")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and others for a broken file
-            raise PfdeployError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from exc
+        from pfdeploy._onnxfile import load_onnx
+
+        model = load_onnx(path, external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
 

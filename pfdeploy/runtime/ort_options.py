@@ -70,9 +70,10 @@ def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_thr
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - runtime dependency
         raise MissingDependencyError("onnxruntime is not installed; pip install onnxruntime") from exc
+    from pfdeploy._onnxfile import load_onnx
+
     path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"ONNX file {path} not found")
+    model = load_onnx(path)  # refuses missing, unreadable, truncated and damaged files in one line
     if providers is None:
         if device not in DEVICE_PROVIDERS:
             raise PfdeployError(f"unknown device {device!r}; use one of {', '.join(DEVICE_PROVIDERS)}")
@@ -84,18 +85,26 @@ def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_thr
                 "install onnxruntime-gpu on a GPU machine or use device='cpu'"
             )
     opts = session_options(intra_op_threads, **option_kwargs)
-    model = str(path)
+    source: str | bytes = str(path)
     if fuse_attention and providers[0] == "CPUExecutionProvider":
-        fused = _attention_fused_bytes(path)
-        model = fused if fused is not None else model
-    return ort.InferenceSession(model, sess_options=opts, providers=providers)
+        source = _attention_fused_bytes(model) or source
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
+    except _ort_load_errors() as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PfdeployError(f"ONNX Runtime cannot load {path}: {reason}") from exc
 
 
-def _attention_fused_bytes(path: Path) -> bytes | None:
-    """The model at `path` with its attention subgraphs fused, serialized; None when none matched."""
-    import onnx
+def _ort_load_errors() -> tuple[type[Exception], ...]:
+    """The exceptions onnxruntime raises for a graph it cannot load (its own classes, not RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    model = onnx.load(str(path))
+    names = ("Fail", "InvalidGraph", "InvalidProtobuf", "InvalidArgument", "NotImplemented", "NoSuchFile")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def _attention_fused_bytes(model) -> bytes | None:
+    """`model` with its attention subgraphs fused, serialized; None when none matched."""
     if model.ByteSize() >= 2**31 - 2**20 or attention_fused_for_cpu(model) == 0:
         return None
     return model.SerializeToString()

@@ -93,15 +93,10 @@ def _batch_dynamic(tensors: tuple[TensorSpec, ...]) -> bool:
 
 def spec_from_onnx(path: str | Path) -> ArtifactSpec:
     """The ArtifactSpec of an ONNX file (graph inputs that are not initializers, graph outputs)."""
-    import onnx
+    from pfdeploy._onnxfile import load_onnx
 
+    model = load_onnx(path, external_data=False, fix="run `pfdeploy export` or `pfdeploy deploy` first")
     path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"{path}: no such ONNX file; run `pfdeploy export` or `pfdeploy deploy` first")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a non-ONNX file
-        raise PfdeployError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(_tensor_from_value_info(i) for i in model.graph.input if i.name not in initializers)
     outputs = tuple(_tensor_from_value_info(o) for o in model.graph.output)

@@ -83,5 +83,5 @@ def test_onnx_facts_errors(tmp_path):
         onnx_facts(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not an onnx model\xff" * 10)
-    with pytest.raises(PfdeployError, match="not a readable ONNX"):
+    with pytest.raises(PfdeployError, match="not an ONNX model, or is truncated"):
         onnx_facts(junk)
