@@ -8,22 +8,16 @@ stderr and a non-zero exit code; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from pfdeploy import __version__
+from pfdeploy._text import positive_ints, text_table
 from pfdeploy.errors import PfdeployError
-
-
-def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    """Left-aligned plain-text table of `rows` restricted to `columns`."""
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
-
 
 # --- list / info ---------------------------------------------------------------------------------
 
@@ -51,7 +45,7 @@ def run_list(args) -> int:
         }
         for r in rows
     ]
-    print(_table(shown, ["name", "paper", "params", "MACs", "PF layers", "input"]))
+    print(text_table(shown, ["name", "paper", "params", "MACs", "PF layers", "input"]))
     return 0
 
 
@@ -63,9 +57,12 @@ def add_info(sub) -> None:
 
 def run_info(args) -> int:
     if args.onnx:
+        from pfdeploy.engines.trt_check import check_trt
         from pfdeploy.export import describe_onnx
 
-        print(json.dumps(describe_onnx(args.onnx), indent=2))
+        info = describe_onnx(args.onnx)
+        info["tensorrt_check"] = check_trt(args.onnx).to_dict()  # see `pfdeploy check-trt`
+        print(json.dumps(info, indent=2))
         return 0
     if not args.name:
         raise PfdeployError("info needs a model name (see `pfdeploy list`) or --onnx FILE")
@@ -99,19 +96,26 @@ def add_export(sub) -> None:
     p.add_argument("--input-format", choices=("float-nchw", "uint8-nhwc"), default="float-nchw",
                    help="uint8-nhwc: raw RGB bytes in, normalization and layout change inside the graph")
     p.add_argument("--fp16-io", action="store_true", help="fp16 graphs: FP16 input/output instead of FP32")
+    p.add_argument("--num-classes", type=int, help="classifier size of the checkpoint (default: registry's)")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="create_model override, JSON value (e.g. layers=[1,1,1,1]); repeatable")
 
 
 def run_export(args) -> int:
+    from pfdeploy.deploy.options import parse_overrides
     from pfdeploy.export import describe_onnx, onnx_from_model
     from pfdeploy.models import resolve_name
 
     name = resolve_name(args.name)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise PfdeployError(f"--num-classes must be >= 1, got {args.num_classes}")
     suffix = ("" if args.precision == "fp32" else f".{args.precision}") + (
         ".uint8" if args.input_format == "uint8-nhwc" else "")
     output = args.output or f"{name}{suffix}.onnx"
     path = onnx_from_model(name, output, checkpoint=args.checkpoint, batch=args.batch, img_size=args.img_size,
                            opset=args.opset, precision=args.precision, input_format=args.input_format,
-                           keep_io_types=not args.fp16_io)
+                           keep_io_types=not args.fp16_io, num_classes=args.num_classes,
+                           overrides=parse_overrides(args.override) or None)
     info = describe_onnx(path)
     print(f"{path}: {info['nodes']} nodes, {info['parameters'] / 1e6:.2f}M parameters, "
           f"input {info['inputs'][0]['dtype']}{info['inputs'][0]['shape']}, "
@@ -128,17 +132,34 @@ def add_verify(sub) -> None:
     p.add_argument("--batch", type=int, default=4, help="batch size for dynamic-batch graphs (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="runs the artifact (default onnxruntime)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="openvino: compute precision (bf16: judged with the bf16 tolerances)")
+
+
+def _check_json_output(path, inputs, what: str = "--json") -> None:
+    """--json/--plot outputs: checked before the work, and never one of the command's inputs."""
+    from pfdeploy._io import check_output_file, refuse_overwrite
+
+    if path:
+        check_output_file(path, what)
+        refuse_overwrite(path, inputs, what)
 
 
 def run_verify(args) -> int:
     from pfdeploy._io import write_json_atomic
     from pfdeploy.runtime.verify import verify_artifact
 
+    _check_json_output(args.json, [args.artifact, args.checkpoint])
     report = verify_artifact(args.artifact, checkpoint=args.checkpoint, samples=args.samples,
-                             data=args.data, batch=args.batch, seed=args.seed)
+                             data=args.data, batch=args.batch, seed=args.seed, backend=args.backend,
+                             precision=args.precision)
     print(report.format())
     if args.json:
         write_json_atomic(args.json, report.to_dict())
+    if report.nonfinite:
+        print(f"pfdeploy: error: verification FAILED: {report.nonfinite}", file=sys.stderr)
     return 0 if report.passed else 1
 
 
@@ -177,7 +198,7 @@ def run_quantize(args) -> int:
     rows = [{"op": op, "in graph": "int8", "count": n, "why": ""} for op, n in sorted(placement["int8"].items())]
     rows += [{"op": op, "in graph": "float", "count": n, "why": placement["reasons"].get(op, "")}
              for op, n in sorted(placement["float"].items())]
-    print(_table(rows, ["op", "in graph", "count", "why"]))
+    print(text_table(rows, ["op", "in graph", "count", "why"]))
     fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"  # noqa: E731
     print(f"ONNX Runtime CPU kernels, int8: {fmt(kernels['int8'])}")
     print(f"ONNX Runtime CPU kernels, float: {fmt(kernels['float'])}")
@@ -204,7 +225,10 @@ def add_build_engine(sub) -> None:
                    help="ampere+: any Ampere or newer GPU; same-cc: GPUs of this compute capability")
     p.add_argument("--version-compatible", action="store_true", help="engine also loads on newer TensorRT")
     p.add_argument("--inspect", action="store_true", help="save the engine's layer info as PLAN.layers.json")
-    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists")
+    p.add_argument("--tf32", action="store_true", help="let FP32 layers use TF32 (off by default: FP32 stays "
+                   "FP32, within the fp32 verification tolerance)")
+    p.add_argument("--force", action="store_true", help="rebuild even if an identical engine exists, or over "
+                   "an unreadable manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -216,7 +240,7 @@ def run_build_engine(args) -> int:
     result = engine_from_onnx(
         args.onnx, args.output, batch=batch, workspace_gib=args.workspace, opt_level=args.opt_level,
         timing_cache=args.timing_cache, hardware_compat=args.hardware_compat,
-        version_compatible=args.version_compatible, inspect=args.inspect, force=args.force,
+        version_compatible=args.version_compatible, inspect=args.inspect, tf32=args.tf32, force=args.force,
         progress=not args.no_progress,
     )
     m = result.manifest
@@ -232,23 +256,45 @@ def run_build_engine(args) -> int:
     return 0
 
 
+# --- check-trt -----------------------------------------------------------------------------------
+
+
+def add_check_trt(sub) -> None:
+    from pfdeploy.engines.trt_matrix import DEFAULT_TRT_VERSION, available_versions
+
+    p = sub.add_parser("check-trt", help="check ONNX graphs against TensorRT's documented ONNX operator support "
+                       "(no TensorRT needed); exit 1 on any violation")
+    p.add_argument("files", nargs="+", metavar="FILE", help="ONNX files")
+    p.add_argument("--trt-version", metavar="VERSION",
+                   help=f"operator table: a shipped TensorRT version ({', '.join(available_versions())}) or a "
+                        f"table's JSON file (default {DEFAULT_TRT_VERSION})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_check_trt(args) -> int:
+    from pfdeploy.engines.trt_check import check_trt
+    from pfdeploy.engines.trt_matrix import load_matrix
+
+    matrix = load_matrix(args.trt_version)
+    reports = [check_trt(path, matrix) for path in args.files]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        print("\n".join(r.format() for r in reports))
+        print(f"table: {matrix.source}")
+    return 0 if all(r.passed for r in reports) else 1
+
+
 # --- bench / predict / eval ----------------------------------------------------------------------
 
 
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise PfdeployError(f"--batch takes comma-separated integers like 1,8,32, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise PfdeployError(f"--batch takes positive integers like 1,8,32, got {text!r}")
-    return values
-
-
 def _runtime_args(p) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="backend (default: from the artifact: .onnx -> onnxruntime, .plan -> tensorrt, "
-                        "model name -> torch)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
+                   help="backend (default auto: .onnx -> onnxruntime, or openvino for INT8 graphs where it is "
+                        "faster and for --precision bf16; .plan -> tensorrt; model name -> torch)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="compute precision: torch fp32/fp16, openvino fp32/bf16 (bf16 needs AVX512-BF16 or "
+                        "AMX); onnxruntime and tensorrt run the artifact's own")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda for TensorRT engines, else cpu")
     p.add_argument("--checkpoint", metavar="PTH", help="weights for a model name (torch backend)")
@@ -258,6 +304,8 @@ def _runtime_args(p) -> None:
 
 def _runtime_options(args) -> dict:
     options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if getattr(args, "precision", None):
+        options["precision"] = args.precision
     if getattr(args, "preprocess", None):
         from pathlib import Path
 
@@ -280,7 +328,6 @@ def add_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls per target and batch")
     p.add_argument("--json", metavar="PATH", help="write the report (schema pfdeploy.bench/1) here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of img/s vs batch (needs matplotlib)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], help="torch backend: compute precision")
     p.add_argument("--channels-last", action="store_true", help="torch backend: channels-last memory format")
     p.add_argument("--cuda-graph", action="store_true", help="torch/tensorrt on CUDA: replay CUDA graphs")
 
@@ -289,15 +336,15 @@ def run_bench(args) -> int:
     from pfdeploy._io import write_json_atomic
     from pfdeploy.runtime.bench import benchmark, format_table, plot_throughput
 
+    _check_json_output(args.json, args.targets)
+    _check_json_output(args.plot, [*args.targets, args.json], "--plot")
     options = _runtime_options(args)
-    if args.precision:
-        options["precision"] = args.precision
     if args.channels_last:
         options["channels_last"] = True
     if args.cuda_graph:
         options["cuda_graph"] = True
-    report = benchmark(args.targets, _batches(args.batch), args.seconds, args.warmup, backend=args.backend,
-                       device=args.device, **options)
+    report = benchmark(args.targets, positive_ints(args.batch, "--batch"), args.seconds, args.warmup,
+                       backend=args.backend, device=args.device, **options)
     print(format_table(report))
     if args.json:
         print(f"wrote {write_json_atomic(args.json, report)}")
@@ -381,6 +428,9 @@ def add_deploy(sub) -> None:
     p.add_argument("--val-data", metavar="DIR", help="images for verification against PyTorch (optional)")
     p.add_argument("--verify-samples", type=int, help="images per verification source (default 8)")
     p.add_argument("--out", metavar="DIR", help="output folder (default deploy-out/<name>)")
+    p.add_argument("--openvino", choices=["auto", "yes", "no"], default="auto",
+                   help="OpenVINO variants (the INT8 graph; the FP32 graph in BF16 where the CPU has "
+                        "AVX512-BF16/AMX): auto = when OpenVINO is installed (default)")
     p.add_argument("--engines", choices=["auto", "yes", "no"], default="auto",
                    help="TensorRT engines: auto = when TensorRT and a GPU are present (default)")
     p.add_argument("--engine-batch", default="1,8,32", help="engine profile MIN,OPT,MAX (default 1,8,32)")
@@ -400,8 +450,8 @@ def _deploy_options(args):
     if bool(args.name) == bool(args.fixture):
         raise PfdeployError("deploy needs a model NAME or --fixture NAME (not both); see `pfdeploy list`")
     common = {
-        "precisions": args.precision, "engines": args.engines, "force": args.force,
-        "engine_batch": parse_batch_range(args.engine_batch), "bench_batches": args.bench_batch,
+        "precisions": args.precision, "engines": args.engines, "openvino": args.openvino, "force": args.force,
+        "engine_batch": parse_batch_range(args.engine_batch, "--engine-batch"), "bench_batches": args.bench_batch,
         "bench_seconds": args.bench_seconds,
     }
     optional = {"calib_images": args.calib_images, "calib_method": args.calib_method,
@@ -422,19 +472,22 @@ def _deploy_options(args):
 
 def run_deploy(args) -> int:
     from pfdeploy.deploy import deploy, tables_from_report
+    from pfdeploy.deploy.pipeline import trt_check_failures, verification_failures
 
     report = deploy(_deploy_options(args))
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(tables_from_report(report))
-    out = report["options"]["out"]
-    print(f"report: {out}/report.md, {out}/report.json")
-    failed = [a["file"] for a in report["artifacts"] if not a.get("verify", {}).get("passed")]
+    else:
+        print(tables_from_report(report))
+        out = report["options"]["out"]
+        print(f"report: {out}/report.md, {out}/report.json")
+    failed = verification_failures(report)  # the exit code is the same with --json
     if failed:
-        print(f"pfdeploy: verification FAILED for {', '.join(failed)} (see report.md)", file=sys.stderr)
-        return 1
-    return 0
+        print(f"pfdeploy: verification FAILED for {'; '.join(failed)} (see report.md)", file=sys.stderr)
+    incompatible = trt_check_failures(report)
+    if incompatible:
+        print(f"pfdeploy: TensorRT check FAILED for {'; '.join(incompatible)} (see report.md)", file=sys.stderr)
+    return 1 if failed or incompatible else 0
 
 
 # --- triton --------------------------------------------------------------------------------------
@@ -452,18 +505,15 @@ def add_triton(sub) -> None:
     p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="instance kind")
     p.add_argument("--no-cuda-graphs", action="store_true", help="engines: no CUDA-graph optimization")
     p.add_argument("--name", action="append", help="model name per artifact (default: from the file name)")
+    p.add_argument("--backend", action="append", choices=["onnxruntime", "openvino"],
+                   help="how Triton serves .onnx files: onnxruntime (default) or openvino (CPU instances, "
+                        "model names get _openvino); once for all, or once per artifact")
 
 
 def run_triton(args) -> int:
     from pfdeploy.triton import TritonOptions, repository_from_artifacts
 
-    preferred = None
-    if args.preferred_batch:
-        try:
-            preferred = tuple(int(b) for b in args.preferred_batch.split(","))
-        except ValueError:
-            bad = args.preferred_batch
-            raise PfdeployError(f"--preferred-batch wants integers like 8,32, got {bad!r}") from None
+    preferred = positive_ints(args.preferred_batch, "--preferred-batch", "8,32") if args.preferred_batch else None
     options = TritonOptions(
         max_batch=args.max_batch,
         instances=args.instances,
@@ -473,13 +523,13 @@ def run_triton(args) -> int:
         device=args.device,
         cuda_graphs=not args.no_cuda_graphs,
     )
-    models = repository_from_artifacts(args.artifacts, args.repo, options, args.name)
+    models = repository_from_artifacts(args.artifacts, args.repo, options, args.name, args.backend)
     rows = [
         {"model": m.name, "platform": m.platform, "max batch": m.config["max_batch_size"],
          "config": m.config_path}
         for m in models
     ]
-    print(_table(rows, ["model", "platform", "max batch", "config"]))
+    print(text_table(rows, ["model", "platform", "max batch", "config"]))
     print(f"serve with: tritonserver --model-repository {args.repo}")
     return 0
 
@@ -492,6 +542,7 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("export", add_export, run_export),
     ("verify", add_verify, run_verify),
     ("quantize", add_quantize, run_quantize),
+    ("check-trt", add_check_trt, run_check_trt),
     ("build-engine", add_build_engine, run_build_engine),
     ("bench", add_bench, run_bench),
     ("predict", add_predict, run_predict),
@@ -515,8 +566,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `finally` runs and temporary files are removed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like Ctrl-C while a command runs (main thread only), then restore the handler."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_any_file_name() -> None:
+    """File names that are not valid UTF-8 reach Python as lone surrogates: print their original bytes
+    instead of failing with UnicodeEncodeError under a strict UTF-8 locale."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="surrogateescape")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `pfdeploy` console script; returns the exit code."""
+    """Entry point of the `pfdeploy` console script; returns the exit code.
+
+    A PfdeployError, or an OSError the user can fix (disk full, read-only file system, permissions),
+    prints one line; Ctrl-C exits 130 and SIGTERM 143, with temporary files removed.
+    """
+    from pfdeploy._io import filesystem_message, is_filesystem_error, remove_stale_temp_dirs
+
+    _print_any_file_name()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -524,13 +613,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return args.run(args)
+        with _sigterm_as_interrupt():
+            remove_stale_temp_dirs()  # scratch folders of killed runs
+            return args.run(args)
     except PfdeployError as exc:
         print(f"pfdeploy: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("pfdeploy: interrupted; no partial artifact was written", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if not is_filesystem_error(exc):
+            raise
+        print(f"pfdeploy: error: {filesystem_message(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"pfdeploy: {'terminated (SIGTERM)' if terminated else 'interrupted'}; no partial artifact "
+              "was written and temporary files were removed", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -66,17 +66,55 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def _loops_back(link: Path, root: Path) -> bool:
+    """True for a directory symlink that resolves to `root`, inside it, or above it (a loop or a
+    second view of images already in the source)."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling link or a symlink loop
+        return True
+    return target == root or target.is_relative_to(root) or root.is_relative_to(target)
+
+
+def _images_under(folder: Path, root: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; directory symlinks are followed only when they
+    lead outside the source `root` (no loops, no image counted twice)."""
+    found, seen, stack = [], set(), [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            info = current.stat()
+            entries = sorted(current.iterdir())
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            if entry.is_dir():
+                if entry.is_symlink() and _loops_back(entry, root):
+                    log.warning("skipping %s: a link back into the image source", entry)
+                elif not entry.name.startswith("."):
+                    stack.append(entry)
+            elif _is_image(entry):
+                found.append(entry)
+    return sorted(found)
+
+
 def _folder_items(root: Path, stats: ImageStats) -> list[_Item]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [c for c in classes if any(_is_image(p) for p in (root / c).rglob("*"))]
+    real_root = root.resolve()
+    folders = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if d.is_symlink() and _loops_back(d, real_root):
+            log.warning("skipping %s: a link back into the image source, not a class folder", d)
+            continue
+        folders.append(d)
+    classes = {d.name: images for d in folders if (images := _images_under(d, real_root))}
     if classes:
-        stats.kind, stats.classes = "class-folder", classes
-        return [
-            _Item(p, label)
-            for label, name in enumerate(classes)
-            for p in sorted((root / name).rglob("*"))
-            if _is_image(p)
-        ]
+        stats.kind, stats.classes = "class-folder", list(classes)
+        return [_Item(p, label) for label, images in enumerate(classes.values()) for p in images]
     stats.kind = "flat-folder"
     return [_Item(p, -1) for p in sorted(root.iterdir()) if _is_image(p)]
 

@@ -6,7 +6,9 @@ Resize the shorter side to size / crop_pct (256 for 224), center-crop, then eith
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,15 +20,53 @@ from pfdeploy.errors import PfdeployError
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
+FIELDS = ("size", "crop_pct", "interpolation", "mean", "std")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _channels_problem(name: str, values: Any) -> str | None:
+    if not isinstance(values, (tuple, list)) or len(values) != 3 or not all(map(_is_number, values)):
+        return f"{name} must be three finite numbers, one per RGB channel, got {values!r}"
+    if name == "std" and any(v <= 0 for v in values):
+        return f"std must be positive (normalization divides by it), got {list(values)}"
+    return None
+
+
+def preprocess_problem(pre: Preprocess) -> str | None:
+    """What is wrong with `pre` (None if nothing): the key, the value and what it must be."""
+    if not isinstance(pre.size, numbers.Integral) or isinstance(pre.size, bool) or pre.size < 1:
+        return f"size must be an integer >= 1 (the model's input size), got {pre.size!r}"
+    if not _is_number(pre.crop_pct) or not 0 < pre.crop_pct <= 1:
+        return f"crop_pct must be in (0, 1] (0.875: ImageNet's center crop, 1.0: no crop), got {pre.crop_pct!r}"
+    if pre.interpolation not in RESAMPLE:
+        return f"interpolation must be one of {', '.join(sorted(RESAMPLE))}, got {pre.interpolation!r}"
+    return _channels_problem("mean", pre.mean) or _channels_problem("std", pre.std)
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How images become model input: crop size, resize rule and normalization."""
+    """How images become model input: crop size, resize rule and normalization.
+
+    Checked when made: size >= 1, crop_pct in (0, 1], a known interpolation, three finite mean
+    values and three positive std values (a PfdeployError names the key otherwise).
+    """
 
     size: int = 224
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        problem = preprocess_problem(self)
+        if problem:
+            raise PfdeployError(f"bad preprocess: {problem}")
 
     @property
     def resize(self) -> int:
@@ -39,8 +79,41 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        """Inverse of `to_dict` (lists become tuples)."""
+        """Inverse of `to_dict` (lists become tuples); a missing key takes the default, an unknown one raises."""
+        if not isinstance(data, dict):
+            raise PfdeployError(f"bad preprocess: expected a JSON object with {', '.join(FIELDS)}, "
+                                f"got {type(data).__name__}")
+        unknown = sorted(set(data) - set(FIELDS))
+        if unknown:
+            raise PfdeployError(f"bad preprocess: unknown key(s) {', '.join(map(repr, unknown))}; "
+                                f"the keys are {', '.join(FIELDS)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def metadata_json(meta: dict[str, str], key: str, source: str = "artifact", default: Any = None) -> Any:
+    """The JSON value of ONNX metadata `pfdeploy.<key>` (`default` when absent), or a one-line
+    PfdeployError naming the key when it is not valid JSON."""
+    raw = meta.get(f"pfdeploy.{key}")
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise PfdeployError(f"{source}: metadata pfdeploy.{key} is not valid JSON ({exc}); the file was edited "
+                            "or damaged: re-export it with `pfdeploy export`") from None
+
+
+def preprocess_from_metadata(meta: dict[str, str], source: str = "artifact") -> Preprocess | None:
+    """The Preprocess recorded in ONNX metadata `pfdeploy.preprocess` (None when absent), checked: bad
+    JSON, a std of 0, one mean value or an unknown interpolation is one line naming the key and the fix."""
+    data = metadata_json(meta, "preprocess", source)
+    if data is None:
+        return None
+    try:
+        return Preprocess.from_dict(data)
+    except PfdeployError as exc:
+        raise PfdeployError(f"{source}: metadata pfdeploy.preprocess: {exc}; re-export it with `pfdeploy export`, "
+                            "or give the right preprocessing (--preprocess JSON)") from None
 
 
 def preprocess_for(name: str, img_size: int | None = None) -> Preprocess:

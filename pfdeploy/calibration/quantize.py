@@ -7,7 +7,8 @@ What pfdeploy owns here is only what is specific to these networks:
 - calibration on real images preprocessed exactly as the graph's metadata says;
 - a cache of calibration ranges keyed by ONNX sha256 + calibration-set hash + method + placement;
 - the TensorRT graph (symmetric s8, zero point 0, per-channel weights on axis 0, per-tensor
-  activations) and, on request, its ONNX Runtime CPU re-encoding (`target="cpu"`, see qdq.py).
+  activations, float biases: TensorRT's parser rejects INT32 ones) and, on request, its ONNX Runtime
+  CPU re-encoding (`target="cpu"`, see qdq.py). It passes pfdeploy.engines.trt_check.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pfdeploy._io import atomic_path, sha256_file
+from pfdeploy._io import (
+    atomic_path,
+    check_output_file,
+    refuse_overwrite,
+    sha256_file,
+    temporary_dir,
+    write_bytes_atomic,
+)
 from pfdeploy._onnxfile import load_onnx
-from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8
+from pfdeploy._onnxgraph import graph_inputs
+from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8, preprocess_from_metadata
 from pfdeploy.choices import CALIB_METHODS, INT8_TARGETS
 from pfdeploy.errors import PfdeployError
 
@@ -40,7 +49,7 @@ METHODS, TARGETS = CALIB_METHODS, INT8_TARGETS
 QUANTIZERS = ("ort", "modelopt")
 MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}
 CALIB_BATCH = 8
-CHUNK_BATCHES = 4  # histogram calibrators keep every activation of a chunk in memory
+CHUNK_IMAGES = 32  # histogram calibrators keep every activation of a chunk of images in memory
 RESNET_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool")
 TRANSFORMER_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool")
 # Transformers: no Quantize on MatMul/Gemm outputs (they feed bias adds, GELU, Softmax, residuals, all
@@ -76,10 +85,12 @@ def preprocess_of(model: onnx.ModelProto, path: Path) -> tuple[Preprocess, str]:
     """(Preprocess, input format) from the graph's pfdeploy metadata, or ImageNet defaults."""
     meta = {p.key: p.value for p in model.metadata_props}
     fmt = meta.get(PREFIX + "input_format", "float-nchw")
-    if PREFIX + "preprocess" in meta:
-        return Preprocess.from_dict(json.loads(meta[PREFIX + "preprocess"])), fmt
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    size = dims[-1].dim_value or dims[-2].dim_value or 224
+    recorded = preprocess_from_metadata(meta, str(path))  # a std of 0 or bad JSON: one line
+    if recorded is not None:
+        return recorded, fmt
+    dims = graph_inputs(model)[0].dims
+    spatial = dims[1:3] if fmt == "uint8-nhwc" else dims[2:4]  # (H, W) of NHWC bytes or NCHW floats
+    size = next((d for d in reversed(spatial) if isinstance(d, int) and d > 0), 224)
     log.warning("%s has no pfdeploy.preprocess metadata: calibrating with ImageNet mean/std, size %d, "
                 "crop 0.875", path, size)
     return Preprocess(size=size), fmt
@@ -99,18 +110,33 @@ def calibration_set(source: str | Path, pre: Preprocess, input_format: str, *, n
     return CalibrationSet(inputs, digest.hexdigest(), stats)
 
 
+TRANSFORMER_MARKERS = ("LayerNormalization", "Softmax", "Erf")  # ops of attention/MLP blocks, never in a ResNet
+
+
 def family_of(model: onnx.ModelProto) -> str:
-    """'resnet' or 'transformer', from the metadata's model name or else from the graph's ops."""
+    """'resnet' or 'transformer', from the graph's ops, checked against the metadata's model name.
+
+    Metadata naming a family the graph contradicts (a ResNet graph labelled vit_s_max) is refused:
+    the placement would be the other family's.
+    """
+    ops = {n.op_type for n in model.graph.node}
+    graph_family = "transformer" if set(TRANSFORMER_MARKERS) & ops else "resnet"
     meta = {p.key: p.value for p in model.metadata_props}
     if PREFIX + "model" in meta:
         from pfdeploy.models import get_config
 
         try:
-            return "resnet" if get_config(meta[PREFIX + "model"]).family == "resnet" else "transformer"
+            named = "resnet" if get_config(meta[PREFIX + "model"]).family == "resnet" else "transformer"
         except PfdeployError:
-            pass
-    ops = {n.op_type for n in model.graph.node}
-    return "transformer" if {"LayerNormalization", "Softmax", "Erf"} & ops else "resnet"
+            return graph_family
+        if named != graph_family:
+            has = "has" if graph_family == "transformer" else "has no"
+            raise PfdeployError(
+                f"metadata pfdeploy.model={meta[PREFIX + 'model']} (a {named}) contradicts the graph, which {has} "
+                f"{'/'.join(TRANSFORMER_MARKERS)} ops (a {graph_family}); the metadata was edited or copied "
+                "from another model: re-export it with `pfdeploy export`"
+            )
+    return graph_family
 
 
 def op_types_for(family: str) -> list[str]:
@@ -118,12 +144,28 @@ def op_types_for(family: str) -> list[str]:
     return list(RESNET_OPS if family == "resnet" else TRANSFORMER_OPS)
 
 
+def calibration_batches(inputs: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
+    """`inputs` in batches of CALIB_BATCH, or, for a graph whose batch is fixed, of exactly that size.
+
+    A fixed-batch graph takes no other size, so its last batch is filled up with images from the
+    start of the set (wrapping round when the graph's batch exceeds the set). Copies of real images
+    add no value outside the set's range, so min-max ranges are exactly unchanged, and entropy /
+    percentile histograms count at most batch-1 of the images twice; padding with zeros or noise
+    would instead pull the ranges towards values no real image has.
+    """
+    if fixed_batch is None:
+        return [inputs[i:i + CALIB_BATCH] for i in range(0, len(inputs), CALIB_BATCH)]
+    total = -(-len(inputs) // fixed_batch) * fixed_batch
+    padded = inputs[np.arange(total) % len(inputs)]
+    return [padded[i:i + fixed_batch] for i in range(0, total, fixed_batch)]
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over an in-memory array, in fixed batches, range-selectable."""
 
-    def __init__(self, input_name: str, inputs: np.ndarray, batch: int = CALIB_BATCH):
+    def __init__(self, input_name: str, inputs: np.ndarray, fixed_batch: int | None = None):
         self.name = input_name
-        self.batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+        self.batches = calibration_batches(inputs, fixed_batch)
         self.set_range(0, len(self.batches))
 
     def __len__(self) -> int:
@@ -159,27 +201,63 @@ def _ort_method(method: str):
             "minmax": CalibrationMethod.MinMax}[method]
 
 
+def cached_ranges_usable(cache_file: Path, method: str) -> bool:
+    """True when `cache_file` holds ranges onnxruntime can read, made by `method`.
+
+    A corrupt file (truncated, edited, another shape of JSON) is a cache miss: logged, recomputed
+    and overwritten, never a traceback on every later run.
+    """
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    if not cache_file.is_file():
+        return False
+    try:
+        ranges = load_tensors_data(cache_file)
+        if not ranges.data or ranges.calibration_method != _ort_method(method):
+            raise ValueError("no ranges, or ranges of another calibration method")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        log.warning("calibration cache %s is unreadable (%s: %s); recomputing it", cache_file,
+                    type(exc).__name__, str(exc)[:120])
+        return False
+    return True
+
+
 def calibrate_to_cache(model_path: Path, reader: _Reader, ops: list[str], method: str, cache_file: Path) -> bool:
-    """Compute activation ranges into `cache_file` (atomically); False if it was already there."""
+    """Compute activation ranges into `cache_file` (atomically); False if usable ones were already there."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from tqdm import tqdm
 
-    if cache_file.is_file():
+    if cached_ranges_usable(cache_file, method):
         return False
-    with tempfile.TemporaryDirectory(prefix="pfdeploy-calib-") as tmp:
-        calibrator = create_calibrator(model_path, ops, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+    with temporary_dir("calib") as tmp:
+        calibrator = create_calibrator(model_path, ops, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=_ort_method(method), extra_options={})
-        for start in tqdm(range(0, len(reader), CHUNK_BATCHES), desc=f"calibrate ({method})", unit="chunk",
+        chunk = max(1, CHUNK_IMAGES // len(reader.batches[0]))  # batches per chunk
+        for start in tqdm(range(0, len(reader), chunk), desc=f"calibrate ({method})", unit="chunk",
                           disable=None, leave=False):
-            reader.set_range(start, min(start + CHUNK_BATCHES, len(reader)))
+            reader.set_range(start, min(start + chunk, len(reader)))
             with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints progress lines
                 calibrator.collect_data(reader)
         with contextlib.redirect_stdout(io.StringIO()):
             ranges = calibrator.compute_data()
         del calibrator
-    with atomic_path(cache_file) as tmp_file:
-        save_tensors_data(ranges, tmp_file)
+        # onnxruntime writes its own temporary beside the file it saves: keep that in the scratch folder
+        save_tensors_data(ranges, tmp / "ranges.json")
+        write_bytes_atomic(cache_file, (tmp / "ranges.json").read_bytes())
+    _remove_old_ort_temporaries(cache_file.parent)
     return True
+
+
+def _remove_old_ort_temporaries(folder: Path) -> None:
+    """Remove `.calibcache_*.tmp` files that earlier pfdeploy versions let onnxruntime leave in the cache
+    when killed (older than this run; ranges are no longer saved there directly)."""
+    from pfdeploy._io import process_start
+
+    for leftover in folder.glob(".calibcache_*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < process_start():
+                leftover.unlink()
+                log.info("removed %s, left by a run that was killed", leftover)
 
 
 def _pre_process(src: Path, dst: Path, target: str) -> None:
@@ -194,8 +272,13 @@ def _pre_process(src: Path, dst: Path, target: str) -> None:
 
 
 def qdq_graph(pre_path: Path, out_path: Path, ops: list[str], cache_file: Path, exclude: Sequence[str],
-              method: str, float_outputs: Sequence[str] = ()) -> None:
-    """The symmetric s8 Q/DQ graph TensorRT takes, from cached ranges (onnxruntime's QDQ quantizer)."""
+              method: str, float_outputs: Sequence[str] = (), quantize_bias: bool = False) -> None:
+    """The symmetric s8 Q/DQ graph TensorRT takes, from cached ranges (onnxruntime's QDQ quantizer).
+
+    Weights and activations are quantized; Conv/Gemm biases stay float (`QuantizeBias: False`), as
+    TensorRT wants: its parser rejects the INT32 bias behind a DequantizeLinear that onnxruntime
+    writes by default (`quantize_bias=True`, kept for the CPU re-encoding and for comparisons).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     quantize_static(
@@ -205,7 +288,7 @@ def qdq_graph(pre_path: Path, out_path: Path, ops: list[str], cache_file: Path, 
         # ForceQuantizeNoInputCheck: quantize the max-pools even where their input is float (the
         # transformers' mixer follows a GELU), so the parameter-free layers always run in INT8.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "ForceQuantizeNoInputCheck": True,
-                       "OpTypesToExcludeOutputQuantization": list(float_outputs)},
+                       "OpTypesToExcludeOutputQuantization": list(float_outputs), "QuantizeBias": quantize_bias},
     )
 
 
@@ -243,6 +326,18 @@ def default_output(onnx_path: Path, target: str) -> Path:
     return onnx_path.with_name(f"{stem}.int8{'-cpu' if target == 'cpu' else ''}.onnx")
 
 
+@contextlib.contextmanager
+def _library_temporaries_in(folder: Path):
+    """Point Python's tempfile at `folder` while onnxruntime's quantizer runs: its own scratch folders
+    (`pre.quant.*`, `ort.quant.*`) then go away with ours, also after a kill. Not for concurrent use."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def int8_from_onnx(onnx_path: str | Path, calib_data: str | Path, output: str | Path | None = None, *,
                    num_images: int = 512, method: str = "entropy", exclude: Sequence[str] = (),
                    seed: int = 0, cache_dir: str | Path | None = None, target: str = "tensorrt",
@@ -266,6 +361,9 @@ def int8_from_onnx(onnx_path: str | Path, calib_data: str | Path, output: str | 
     if quantizer == "modelopt" and target != "tensorrt":
         raise PfdeployError("--quantizer modelopt makes TensorRT graphs only; use --target tensorrt")
     onnx_path = Path(onnx_path)
+    output = Path(output) if output else default_output(onnx_path, target)
+    check_output_file(output, "--output")  # before calibration, not after
+    refuse_overwrite(output, [onnx_path], "--output")
     source = load_onnx(onnx_path, fix="pass the FP32 .onnx file from `pfdeploy export`")
     check_quantizable(source, onnx_path)
     _check_exclude(source, exclude)
@@ -276,15 +374,15 @@ def int8_from_onnx(onnx_path: str | Path, calib_data: str | Path, output: str | 
     onnx_sha = sha256_file(onnx_path)
     key = cache_key(onnx_sha, calib.sha256, method, num_images, seed, [*ops, target])
     cache_file = cache_root(cache_dir) / f"{key}.json"
-    output = Path(output) if output else default_output(onnx_path, target)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="pfdeploy-quant-") as tmp:
-        pre_path, qdq_path = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
+    with temporary_dir("quant") as tmp, _library_temporaries_in(tmp):
+        pre_path, qdq_path = tmp / "pre.onnx", tmp / "qdq.onnx"
         if quantizer == "modelopt":
             modelopt_graph(onnx_path, qdq_path, calib.inputs, method, exclude)
         else:
             _pre_process(onnx_path, pre_path, target)
-            reader = _Reader(source.graph.input[0].name, calib.inputs)
+            graph_input = graph_inputs(source)[0]
+            reader = _Reader(graph_input.name, calib.inputs, graph_input.fixed_batch)
             computed = calibrate_to_cache(pre_path, reader, ops, method, cache_file)
             log.info("calibration ranges %s %s", "computed into" if computed else "reused from", cache_file)
             float_outputs = TRANSFORMER_FLOAT_OUTPUTS if family == "transformer" else ()
@@ -318,8 +416,33 @@ def int8_from_onnx(onnx_path: str | Path, calib_data: str | Path, output: str | 
     return output
 
 
-def _save(model: onnx.ModelProto, output: Path) -> None:
-    """Check and write the graph atomically (external data only above protobuf's 2 GB limit)."""
-    onnx.checker.check_model(model)
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest message protobuf serializes
+
+
+def _save(model: onnx.ModelProto, output: Path, limit: int = PROTOBUF_LIMIT) -> None:
+    """Check and write the graph atomically.
+
+    A graph of `limit` bytes or more (protobuf cannot serialize one of 2 GB) keeps its initializers
+    in `<output name>.data` beside it, ONNX's external-data format. The data file is written
+    (atomically) before the graph that names it, so a graph never points at a partial data file.
+    The tensors of `model` are moved out to that file.
+    """
+    if model.ByteSize() < limit:
+        onnx.checker.check_model(model)
+        with atomic_path(output) as tmp:
+            onnx.save(model, str(tmp))
+        return
+    from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
+
+    data = output.with_name(output.name + ".data")
+    with atomic_path(data) as tmp_data:
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=tmp_data.name,
+                                       size_threshold=1024)
+        write_external_data_tensors(model, str(output.parent))  # into tmp_data, beside the output
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data.name
     with atomic_path(output) as tmp:
         onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))  # reads the data file beside it

@@ -6,23 +6,30 @@ from pathlib import Path
 from typing import Any
 
 
-def bench_artifacts(paths: list[Path], batches: tuple[int, ...], seconds: float) -> dict[str, Any]:
-    """One interleaved `benchmark` run over every artifact (pfdeploy.bench/1 JSON)."""
+def bench_artifacts(targets: list, batches: tuple[int, ...], seconds: float) -> dict[str, Any]:
+    """One interleaved `benchmark` run over every artifact (pfdeploy.bench/1 JSON).
+
+    targets: paths (labelled by file name, backend chosen by `load`), or (label, path, backend,
+    load options) tuples, e.g. ("m.int8.onnx [openvino]", path, "openvino", {}).
+    """
     from pfdeploy.runtime import load
     from pfdeploy.runtime.bench import benchmark
 
     sessions = []
     try:
-        for path in paths:  # labelled by file name, so the table and plot stay readable
-            sessions.append((Path(path).name, load(path)))
+        for target in targets:  # labelled by file name, so the table and plot stay readable
+            label, path, backend, options = target if isinstance(target, tuple) else (
+                Path(target).name, target, "auto", {})
+            sessions.append((label, load(path, backend=backend, **options)))
         return benchmark(sessions, batches, seconds, warmup=2)
     finally:
         for _, session in sessions:
             session.close()
 
 
-def rows_for(bench: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    """The measured rows of one artifact: batch, mode, img/s, latency percentiles (skips noted)."""
+def rows_for(bench: dict[str, Any], path: Path | str) -> list[dict[str, Any]]:
+    """The measured rows of one artifact (a path, or a target's label): batch, mode, img/s, latency
+    percentiles (skips noted)."""
     rows = []
     for r in bench.get("results", []):
         if Path(r["label"]).name != Path(path).name:

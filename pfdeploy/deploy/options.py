@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pfdeploy._text import positive_ints
 from pfdeploy.choices import CALIB_METHODS, INPUT_FORMATS, INT8_TARGETS, PRECISIONS
 from pfdeploy.errors import PfdeployError
 
@@ -35,6 +35,7 @@ class DeployOptions:
     int8_target: str = "tensorrt"  # "cpu": the INT8 graph re-encoded for ONNX Runtime's x86 kernels
     verify_samples: int = 8
     engines: str = "auto"
+    openvino: str = "auto"  # OpenVINO variants (int8, bf16): auto = when installed; yes; no
     engine_batch: tuple[int, int, int] = (1, 8, 32)
     bench_batches: tuple[int, ...] = (1, 8)
     bench_seconds: float = 1.0
@@ -81,18 +82,6 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return result
 
 
-def parse_ints(text: str | tuple[int, ...] | list[int], what: str) -> tuple[int, ...]:
-    """'1,8' -> (1, 8); positive integers only."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        values = tuple(int(str(v).strip()) for v in items if str(v).strip())
-    except ValueError:
-        raise PfdeployError(f"{what} {text!r}: give comma-separated positive integers, e.g. 1,8") from None
-    if not values or min(values) < 1:
-        raise PfdeployError(f"{what} {text!r}: give comma-separated positive integers, e.g. 1,8")
-    return values
-
-
 def _check_dir(path: Path | None, what: str, fix: str) -> Path | None:
     if path is None:
         return None
@@ -104,13 +93,18 @@ def _check_dir(path: Path | None, what: str, fix: str) -> Path | None:
     return path
 
 
-def _check_out(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PfdeployError(f"--out {out} is a file; give a directory for the artifacts and report")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise PfdeployError(f"--out {out}: {parent} is not writable; choose another --out directory")
+OUTPUT_FILES = ("{stem}.fp32.onnx", "{stem}.fp16.onnx", "{stem}.int8.onnx", "{stem}.int8-cpu.onnx",
+                "{stem}.fp32.plan", "{stem}.fp16.plan", "{stem}.int8.plan", "report.json", "report.md",
+                "bench.json", "throughput.png")
+
+
+def _check_out(out: Path, stem: str, checkpoint: Path | None) -> Path:
+    """--out must be (or can become) a writable folder, and no file deploy writes may be the checkpoint."""
+    from pfdeploy._io import check_output_dir, refuse_overwrite
+
+    out = check_output_dir(out, "--out")
+    for name in OUTPUT_FILES:
+        refuse_overwrite(out / name.format(stem=stem), [checkpoint], "--out file")
     return out
 
 
@@ -140,6 +134,8 @@ def check_options(opts: DeployOptions) -> DeployOptions:
         raise PfdeployError(f"--num-classes must be >= 1, got {opts.num_classes}")
     if opts.engines not in ENGINE_MODES:
         raise PfdeployError(f"--engines {opts.engines!r}: use one of {', '.join(ENGINE_MODES)}")
+    if opts.openvino not in ENGINE_MODES:
+        raise PfdeployError(f"--openvino {opts.openvino!r}: use one of {', '.join(ENGINE_MODES)}")
     if opts.calib_method not in CALIB_METHODS:
         raise PfdeployError(f"--calib-method {opts.calib_method!r}: use one of {', '.join(CALIB_METHODS)}")
     if opts.input_format not in INPUT_FORMATS:
@@ -158,13 +154,13 @@ def check_options(opts: DeployOptions) -> DeployOptions:
     return replace(
         opts,
         model=model,
-        out=_check_out(opts.out),
+        out=_check_out(opts.out, opts.label or model, opts.checkpoint),
         checkpoint=None if opts.checkpoint is None else Path(opts.checkpoint),
         precisions=precisions,
         calib_data=calib,
         val_data=val,
         engine_batch=check_batch_range(opts.engine_batch),
-        bench_batches=parse_ints(opts.bench_batches, "--bench-batch"),
+        bench_batches=positive_ints(opts.bench_batches, "--bench-batch", "1,8"),
     )
 
 

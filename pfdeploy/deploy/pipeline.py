@@ -17,7 +17,7 @@ from pfdeploy._io import sha256_file, write_bytes_atomic, write_json_atomic
 from pfdeploy.deploy import steps
 from pfdeploy.deploy.options import DeployOptions, check_options
 from pfdeploy.deploy.state import StepState, fingerprint_dir, key_of
-from pfdeploy.runtime.verify import judged_sources
+from pfdeploy.runtime.verify import judged_sources, nonfinite_summary
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +33,43 @@ def verify_summary(result: dict, precision: str) -> dict[str, Any]:
     if not judged:
         return {"passed": False, "judged_on": [], "sources": sources}
     chosen = [sources[name] for name in judged]
+    nonfinite = nonfinite_summary(sources)  # NaN/Inf on any source, judged or not, fails
+
+    def worst(key: str, pick) -> float | None:
+        values = [s.get(key) for s in chosen]
+        return None if any(v is None for v in values) else pick(values)
+
     return {
-        "passed": all(s["passed"] for s in chosen),
+        "passed": all(s["passed"] for s in chosen) and not nonfinite,
         "judged_on": judged,
         "failed_sources": [name for name, s in sources.items() if not s["passed"]],
-        "max_abs": max(s["max_abs"] for s in chosen),
-        "max_rel": max(s["max_rel"] for s in chosen),
-        "top1_agreement": min(s["top1"] for s in chosen),
-        "top5_agreement": min(s["top5"] for s in chosen),
-        "cosine": min(s["cosine"] for s in chosen),
+        "nonfinite": nonfinite,
+        "max_abs": worst("max_abs", max),
+        "max_rel": worst("max_rel", max),
+        "top1_agreement": worst("top1", min),
+        "top5_agreement": worst("top5", min),
+        "cosine": worst("cosine", min),
         "sources": sources,
     }
+
+
+def verification_failures(report: dict[str, Any]) -> list[str]:
+    """'FILE' for every artifact of `report` that failed verification ('FILE: why' for NaN/Inf logits)."""
+    failed = []
+    for artifact in report["artifacts"]:
+        verify = artifact.get("verify") or {}
+        if not verify.get("passed"):
+            why = verify.get("nonfinite")
+            name = artifact.get("label", artifact["file"])
+            failed.append(f"{name}: {why}" if why else name)
+    return failed
 
 
 def _artifact_entry(path: Path, fmt: str, precision: str, step: dict) -> dict[str, Any]:
     return {
         "file": path.name,
+        "label": path.name,  # unique per row: an OpenVINO variant of the same file is `<file> [openvino]`
+        "backend": "tensorrt" if fmt == "tensorrt" else "onnxruntime",
         "format": fmt,
         "precision": precision,
         "bytes": path.stat().st_size,
@@ -96,7 +117,9 @@ def _accuracy(state: StepState, opts: DeployOptions, artifacts: list[dict], fp32
     reference = steps.accuracy(state, opts, fp32, fp32_sha, checkpoint_sha, backend="torch")["result"]
     for artifact in artifacts:
         artifact["accuracy"] = steps.accuracy(state, opts, opts.out / artifact["file"], artifact["sha256"],
-                                              checkpoint_sha)["result"]
+                                              checkpoint_sha, backend=artifact["backend"],
+                                              precision=artifact.get("compute_precision"),
+                                              label=artifact["label"])["result"]
     return reference
 
 
@@ -105,14 +128,16 @@ def _bench(state: StepState, opts: DeployOptions, artifacts: list[dict]) -> dict
     pfdeploy.bench/1 JSON is returned (written as bench.json)."""
     from pfdeploy.deploy.bench import bench_artifacts, rows_for
 
-    paths = [opts.out / a["file"] for a in artifacts]
-    inputs = {"artifacts": [a["sha256"] for a in artifacts], "batches": opts.bench_batches,
+    targets = [(a["label"], opts.out / a["file"], a["backend"],
+                {"precision": a["compute_precision"]} if a.get("compute_precision") else {}) for a in artifacts]
+    inputs = {"artifacts": [[a["sha256"], a["label"], a["backend"], a.get("compute_precision")] for a in artifacts],
+              "batches": opts.bench_batches,
               "seconds": opts.bench_seconds, "host": platform.node(), "cpu": platform.processor(),
               "version": __version__}
     step = state.run("bench", inputs, [],
-                     lambda: bench_artifacts(paths, opts.bench_batches, opts.bench_seconds))
+                     lambda: bench_artifacts(targets, opts.bench_batches, opts.bench_seconds))
     for artifact in artifacts:
-        artifact["bench"] = rows_for(step["result"], opts.out / artifact["file"])
+        artifact["bench"] = rows_for(step["result"], artifact["label"])
     return step["result"]
 
 
@@ -157,8 +182,40 @@ def _verified_onnx(state: StepState, opts: DeployOptions, made: dict, checkpoint
         entry = _artifact_entry(path, "onnx", precision, made[precision])
         verified = steps.verify_onnx(state, opts, path, entry["sha256"], checkpoint_sha)
         entry["verify"] = verify_summary(verified["result"], precision)
+        entry["tensorrt_check"] = steps.tensorrt_check(opts, path, precision)
         artifacts.append(entry)
     return artifacts
+
+
+def _openvino_variants(state: StepState, opts: DeployOptions, made: dict, plan: dict, checkpoint_sha: str,
+                       onnx_entries: dict[str, dict]) -> list[dict]:
+    """The OpenVINO variants of the deployed graphs (pfdeploy.deploy.openvino), verified with the
+    openvino backend against PyTorch; each keeps its graph's TensorRT check (the same file)."""
+    artifacts = []
+    for variant in plan["variants"]:
+        path = made[variant.graph]["path"]
+        entry = _artifact_entry(path, "onnx", variant.precision, made[variant.graph])
+        entry.update(label=variant.label(path.name), backend="openvino", compute_precision=variant.compute,
+                     tensorrt_check=onnx_entries[variant.graph].get("tensorrt_check"))
+        verified = steps.verify_onnx(state, opts, path, entry["sha256"], checkpoint_sha, backend="openvino",
+                                     precision=variant.compute, label=entry["label"])
+        entry["verify"] = verify_summary(verified["result"], variant.precision)
+        artifacts.append(entry)
+    return artifacts
+
+
+def trt_check_failures(report: dict[str, Any]) -> list[str]:
+    """'FILE: first violation' for every graph meant for TensorRT that is outside its documented support."""
+    failed = []
+    for artifact in report["artifacts"]:
+        check = artifact.get("tensorrt_check") or {}
+        if artifact.get("backend") == "openvino":
+            continue  # the same file's onnxruntime row reports it
+        if check.get("checked") and not check.get("passed"):
+            first = check["violations"][0]
+            failed.append(f"{artifact['file']}: node {first['node']!r} ({first['op_type']}) breaks {first['rule']}"
+                          f" (+{len(check['violations']) - 1} more)")
+    return failed
 
 
 def deploy(opts: DeployOptions) -> dict[str, Any]:
@@ -166,10 +223,12 @@ def deploy(opts: DeployOptions) -> dict[str, Any]:
     import onnxruntime  # noqa: F401 - imported so that environment() reports its version
     import torch  # noqa: F401
 
-    from pfdeploy.deploy.report import markdown_from_report, plot_from_bench
+    from pfdeploy.deploy.openvino import openvino_plan, plan_summary
+    from pfdeploy.deploy.report import fastest_verified, markdown_from_report, plot_from_bench
 
     opts = check_options(opts)
     engines = steps.engine_environment(opts.engines)  # `--engines yes` fails here, before any work
+    ov_plan = openvino_plan(opts.openvino, opts.precisions)  # so does `--openvino yes` without OpenVINO
     opts.out.mkdir(parents=True, exist_ok=True)
     state = StepState(opts.out, force=opts.force)
     checkpoint_sha = sha256_file(opts.checkpoint) if opts.checkpoint else "random"
@@ -180,10 +239,14 @@ def deploy(opts: DeployOptions) -> dict[str, Any]:
     made = _onnx_artifacts(state, opts, checkpoint_sha)
     artifacts = _verified_onnx(state, opts, made, checkpoint_sha)
     artifacts += _engines(state, opts, engines[0], {a["precision"]: a for a in artifacts})
+    artifacts += _openvino_variants(state, opts, made, ov_plan, checkpoint_sha,
+                                    {a["precision"]: a for a in artifacts if a["format"] == "onnx"})
     reference = _accuracy(state, opts, artifacts, made["fp32"]["path"], checkpoint_sha)
     bench = _bench(state, opts, artifacts)
     write_json_atomic(opts.out / "bench.json", bench)
     report = report_from_run(opts, state, checkpoint_sha, made["fp32"]["path"], artifacts, reference, engines)
+    report["openvino"] = plan_summary(ov_plan, [a["label"] for a in artifacts if a["backend"] == "openvino"])
+    report["fastest_verified"] = fastest_verified(artifacts)
     plot = plot_from_bench(bench, opts.out / "throughput.png")
     report["plot"] = plot.name if plot else None
     write_json_atomic(opts.out / "report.json", report)

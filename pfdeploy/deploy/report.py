@@ -34,14 +34,25 @@ def _verdict(verify: dict[str, Any]) -> str:
     return f"{word} ({', '.join(failed)})" if failed else word
 
 
+def _trt_verdict(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "-"
+    if not check.get("checked"):
+        return "not for TensorRT"
+    if check.get("passed"):
+        return f"PASS ({check['trt_version']})"
+    return f"FAIL ({len(check['violations'])} violations)"
+
+
 def _summary_row(artifact: dict[str, Any]) -> dict[str, Any]:
     verify = artifact.get("verify") or {}
     bench = [b for b in artifact.get("bench") or [] if b.get("mode") == "end_to_end" and "img_per_s" in b]
     best = max(bench, key=lambda b: b["img_per_s"], default={})
     agree = verify.get("top1_agreement")
     return {
-        "artifact": artifact["file"],
+        "artifact": artifact.get("label", artifact["file"]),
         "format": artifact["format"],
+        "backend": artifact.get("backend"),
         "precision": artifact["precision"],
         "size MB": f"{artifact['bytes'] / 1e6:.2f}",
         "max abs err": verify.get("max_abs"),
@@ -49,27 +60,39 @@ def _summary_row(artifact: dict[str, Any]) -> dict[str, Any]:
         "top-1 agree": None if agree is None else f"{100 * agree:.1f}%",
         "top-1 acc": None if not artifact.get("accuracy") else f"{artifact['accuracy']['top1']:.2f}%",
         "verify": _verdict(verify),
+        "TensorRT check": _trt_verdict(artifact.get("tensorrt_check")),
         "best img/s": None if not best else f"{best['img_per_s']:.1f} (b{best['batch']})",
         "reused": "yes" if artifact.get("reused") else "no",
     }
 
 
-SUMMARY_COLUMNS = ["artifact", "format", "precision", "size MB", "max abs err", "max rel err", "top-1 agree",
-                   "top-1 acc", "verify", "best img/s", "reused"]
+SUMMARY_COLUMNS = ["artifact", "format", "backend", "precision", "size MB", "max abs err", "max rel err", "top-1 agree",
+                   "top-1 acc", "verify", "TensorRT check", "best img/s", "reused"]
 BENCH_COLUMNS = ["batch", "mode", "img/s", "p50 ms", "p90 ms", "p99 ms"]
 VERIFY_COLUMNS = ["source", "samples", "max_abs", "max_rel", "cosine", "top1", "top5", "passed", "decides"]
 
 
 def _artifact_section(artifact: dict[str, Any]) -> list[str]:
     verify = artifact.get("verify") or {}
-    lines = [f"### {artifact['file']}", "",
-             f"{artifact['format']} {artifact['precision']}, {artifact['bytes'] / 1e6:.2f} MB, "
+    lines = [f"### {artifact.get('label', artifact['file'])}", "",
+             f"{artifact['format']} {artifact['precision']} on {artifact.get('backend')}, "
+             f"{artifact['bytes'] / 1e6:.2f} MB, "
              f"sha256 `{artifact['sha256'][:16]}`", ""]
     judged = verify.get("judged_on") or []
     sources = [{"source": name, **stats, "decides": "yes" if name in judged else "no"}
                for name, stats in (verify.get("sources") or {}).items()]
     if sources:
-        lines += ["Verification against PyTorch:", "", markdown_table(sources, VERIFY_COLUMNS), ""]
+        against = ("the ONNX graph it was compiled from (itself verified against PyTorch)"
+                   if artifact["format"] == "tensorrt" else "PyTorch")
+        lines += [f"Verification against {against}:", "", markdown_table(sources, VERIFY_COLUMNS), ""]
+    check = artifact.get("tensorrt_check") or {}
+    if check.get("checked"):
+        lines += [f"TensorRT check ({check['source']}): " + (
+            "PASS, within the documented ONNX operator and type support." if check["passed"]
+            else f"FAIL, {len(check['violations'])} violation(s):"), ""]
+        lines += [f"- node `{v['node']}` ({v['op_type']}) breaks {v['rule']}: {v['detail']}"
+                  for v in check.get("violations", [])[:20]]
+        lines += [""] if check.get("violations") else []
     bench = [{"batch": b["batch"], "mode": b["mode"],
               "img/s": f"{b['img_per_s']:.1f}" if "img_per_s" in b else f"skipped: {b.get('skipped')}",
               "p50 ms": b.get("p50_ms"), "p90 ms": b.get("p90_ms"), "p99 ms": b.get("p99_ms")}
@@ -98,9 +121,14 @@ def tables_from_report(report: dict[str, Any]) -> str:
         lines.append(f"Accuracy on {ref['images']} labelled images of --val-data: PyTorch reference top-1 "
                      f"{ref['top1']:.2f}%, top-5 {ref['top5']:.2f}%.")
     lines.append("Max error and top-1 agreement: artifact vs PyTorch logits on the same inputs, worst judged "
-                 "source. INT8 is judged on --val-data images when given (noise lies outside the "
+                 "source (a TensorRT engine: against the ONNX graph it was compiled from, itself verified against "
+                 "PyTorch). INT8 is judged on --val-data images when given (noise lies outside the "
                  "calibration range); every source is listed in report.md.")
     lines.append(f"TensorRT engines: {report['engines']['status']} ({report['engines']['note']})")
+    lines += _openvino_lines(report)
+    lines.append("TensorRT check: each graph meant for TensorRT against TensorRT's documented ONNX operator and "
+                 "type support (`pfdeploy check-trt`); a static check: kernels, tactics and accuracy inside "
+                 "TensorRT are not covered.")
     if "int8" in report["options"]["precisions"] and report["options"]["int8_target"] == "tensorrt":
         lines.append("The INT8 graph is the one TensorRT compiles (symmetric Q/DQ); ONNX Runtime CPU runs part "
                      "of it in float, so its CPU speed is not INT8 speed (--int8-target cpu makes a CPU graph).")
@@ -114,7 +142,8 @@ def markdown_from_report(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"# pfdeploy deploy report: {report['model']['label']}", "", tables_from_report(report), ""]
     lines += [f"Source graph: `{report['source_fp32']}`. Created {report['created']} with pfdeploy "
-              f"{env.get('pfdeploy')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')} "
+              f"{env.get('pfdeploy')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+              f"openvino {env.get('openvino') or 'not used'} "
               f"on {env.get('cpu')} ({env.get('cpu_count')} CPUs), GPU {env.get('gpu') or 'none'}.", ""]
     if report.get("plot"):
         lines += [f"![throughput]({report['plot']})", ""]
@@ -137,3 +166,34 @@ def plot_from_bench(bench: dict[str, Any], path: Path) -> Path | None:
     except MissingDependencyError as exc:
         log.info("report without plot: %s", exc)
         return None
+
+
+def fastest_verified(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The verified artifact with the highest end-to-end img/s at the largest benchmarked batch:
+    {label, file, backend, precision, batch, img_per_s}; None when none passed and was measured."""
+    best = None
+    for artifact in artifacts:
+        if not (artifact.get("verify") or {}).get("passed"):
+            continue
+        rows = [b for b in artifact.get("bench") or [] if b.get("mode") == "end_to_end" and "img_per_s" in b]
+        for row in rows:
+            key = (row["batch"], row["img_per_s"])
+            if best is None or key > (best["batch"], best["img_per_s"]):
+                best = {"label": artifact.get("label", artifact["file"]), "file": artifact["file"],
+                        "backend": artifact.get("backend"), "precision": artifact["precision"],
+                        "batch": row["batch"], "img_per_s": row["img_per_s"]}
+    return best
+
+
+def _openvino_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    ov = report.get("openvino")
+    if ov:
+        added = ", ".join(ov["variants"]) or "none"
+        skipped = "; ".join(f"{s['variant']} skipped: {s['reason']}" for s in ov.get("skipped", []))
+        lines.append(f"OpenVINO: {ov['status']} ({ov['note']}): {added}" + (f"; {skipped}" if skipped else "") + ".")
+    fastest = report.get("fastest_verified")
+    if fastest:
+        lines.append(f"Fastest verified artifact: {fastest['file']} on {fastest['backend']} ({fastest['precision']}),"
+                     f" {fastest['img_per_s']:.1f} img/s at batch {fastest['batch']}.")
+    return lines

@@ -28,16 +28,30 @@ def key_of(inputs: dict[str, Any]) -> str:
 
 
 def fingerprint_dir(path: str | os.PathLike | None) -> str | None:
-    """Cheap identity of a data folder: every file's relative path, size and mtime, hashed."""
+    """Cheap identity of a data folder: every file's relative path, size and mtime, hashed.
+
+    Paths are hashed as the file system's bytes (os.fsencode), so names that are not UTF-8 work.
+    """
     if path is None:
         return None
     root = Path(path)
     entries = sorted(
-        f"{p.relative_to(root).as_posix()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        os.fsencode(p.relative_to(root)) + f":{p.stat().st_size}:{p.stat().st_mtime_ns}".encode()
         for p in root.rglob("*")
         if p.is_file()
     )
-    return sha256_bytes("\n".join(entries).encode())
+    return sha256_bytes(b"\n".join(entries))
+
+
+def _valid_steps(data: Any) -> dict[str, dict] | None:
+    """The `steps` of a state file's JSON, or None when it is not {"steps": {name: {...}}}."""
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, dict):
+        return None
+    for entry in steps.values():
+        if not isinstance(entry, dict) or not isinstance(entry.get("outputs", {}), dict):
+            return None
+    return steps
 
 
 class StepState:
@@ -50,9 +64,12 @@ class StepState:
         self.history: list[dict] = []  # this run's steps, in order: {step, reused, seconds}
         if self.path.is_file():
             try:
-                self.steps = json.loads(self.path.read_text()).get("steps", {})
-            except (OSError, ValueError, AttributeError):
+                steps = _valid_steps(json.loads(self.path.read_text()))
+            except (OSError, ValueError):
+                steps = None
+            if steps is None:
                 log.warning("ignoring unreadable %s; every step runs again", self.path)
+            self.steps = steps or {}
 
     def _reusable(self, name: str, key: str) -> dict | None:
         entry = self.steps.get(name)

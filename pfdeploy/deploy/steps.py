@@ -73,18 +73,33 @@ def int8_graph(state: StepState, opts: DeployOptions, fp32: Path) -> dict:
     return state.run("quantize int8", inputs, [out], run) | {"path": out}
 
 
-def verify_onnx(state: StepState, opts: DeployOptions, path: Path, sha: str, checkpoint_sha: str) -> dict:
-    """verify_artifact (ONNX Runtime vs PyTorch on noise, real-looking and --val-data images)."""
+def tensorrt_check(opts: DeployOptions, path: Path, precision: str) -> dict:
+    """pfdeploy.engines.trt_check.check_trt on a graph meant for TensorRT (all but the --int8-target cpu
+    graph): its violations of TensorRT's documented ONNX support. Not keyed: it takes well under a second."""
+    if precision == "int8" and opts.int8_target == "cpu":
+        return {"checked": False, "why": "the --int8-target cpu graph is for ONNX Runtime, not TensorRT"}
+    from pfdeploy.engines.trt_check import check_trt
+
+    report = check_trt(path).to_dict()
+    return {"checked": True, **{k: report[k] for k in ("trt_version", "source", "passed", "violations")}}
+
+
+def verify_onnx(state: StepState, opts: DeployOptions, path: Path, sha: str, checkpoint_sha: str,
+                backend: str = "onnxruntime", precision: str | None = None, label: str | None = None) -> dict:
+    """verify_artifact (ONNX Runtime, or OpenVINO computing `precision`, vs PyTorch on noise,
+    real-looking and --val-data images); `label` names the step (default: the file name)."""
     from pfdeploy.runtime.verify import verify_artifact
 
     inputs = {"sha256": sha, "checkpoint": checkpoint_sha, "data": fingerprint_dir(opts.val_data),
               "samples": opts.verify_samples, "version": __version__}
+    if backend != "onnxruntime":
+        inputs.update(backend=backend, precision=precision)
 
     def run() -> dict:
         return verify_artifact(path, checkpoint=opts.checkpoint, samples=opts.verify_samples,
-                               data=opts.val_data).to_dict()
+                               data=opts.val_data, backend=backend, precision=precision).to_dict()
 
-    return state.run(f"verify {path.name}", inputs, [], run)
+    return state.run(f"verify {label or path.name}", inputs, [], run)
 
 
 def has_class_folders(path: Path | None) -> bool:
@@ -93,17 +108,20 @@ def has_class_folders(path: Path | None) -> bool:
 
 
 def accuracy(state: StepState, opts: DeployOptions, path: Path, sha: str, checkpoint_sha: str,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", precision: str | None = None, label: str | None = None) -> dict:
     """Top-1/top-5 on the labelled --val-data with pfdeploy.runtime.predict.evaluate.
 
-    backend "torch" on the fp32 ONNX evaluates the PyTorch model it was exported from (the reference).
+    backend "torch" on the fp32 ONNX evaluates the PyTorch model it was exported from (the reference);
+    `precision` is the openvino backend's compute precision; `label` names the step (default: the file).
     """
     from pfdeploy.runtime.predict import evaluate
 
     inputs = {"sha256": sha, "checkpoint": checkpoint_sha, "data": fingerprint_dir(opts.val_data),
               "backend": backend, "version": __version__}
     options = {"checkpoint": opts.checkpoint} if backend == "torch" and opts.checkpoint else {}
-    name = "accuracy pytorch" if backend == "torch" else f"accuracy {path.name}"
+    if precision is not None:
+        inputs["precision"] = options["precision"] = precision
+    name = "accuracy pytorch" if backend == "torch" else f"accuracy {label or path.name}"
 
     def run() -> dict:
         result = evaluate(path, opts.val_data, backend=backend, progress=False, **options)
@@ -131,21 +149,44 @@ def build_engine(state: StepState, opts: DeployOptions, onnx_path: Path, precisi
     """engine_from_onnx (it keys and reuses engines itself, on ONNX sha256, options, GPU and TensorRT)."""
     from pfdeploy.engines import engine_from_onnx
 
-    result = engine_from_onnx(onnx_path, artifact_path(opts, precision, ".plan"), batch=opts.engine_batch)
+    result = engine_from_onnx(onnx_path, artifact_path(opts, precision, ".plan"), batch=opts.engine_batch,
+                              force=opts.force)  # deploy --force redoes everything, engines included
     seconds = None if result.reused else result.manifest.get("build_seconds")
     state.record(f"engine {result.path.name}", result.reused, seconds)
     return {"path": result.path, "reused": result.reused, "seconds": result.manifest.get("build_seconds")}
 
 
 def verify_engine(opts: DeployOptions, plan: Path, onnx_path: Path, precision: str) -> dict:
-    """Engine vs the ONNX graph it was compiled from (itself verified against PyTorch), same inputs."""
+    """Engine vs the ONNX graph it was compiled from (itself verified against PyTorch), on the same inputs
+    as `verify`: noise, real-looking images and the --val-data images when given. INT8 is judged on the
+    --val-data images when there are some, as the ONNX graphs are (runtime.verify.judged_sources)."""
     import numpy as np
 
+    from pfdeploy.calibration.preprocess import normalize_uint8
     from pfdeploy.runtime import load
-    from pfdeploy.runtime.verify import compare_logits
+    from pfdeploy.runtime.verify import (
+        _run_in_batches,
+        compare_logits,
+        folder_images,
+        judged_sources,
+        random_images,
+        smooth_images,
+    )
 
-    with load(onnx_path) as reference, load(plan, device="cuda") as engine:
+    with load(onnx_path, backend="onnxruntime") as reference, load(plan, device="cuda") as engine:
+        spec, pre = engine.input_spec, reference.preprocess
         low, _, high = opts.engine_batch
-        x = reference.input_spec.example(min(max(low, 8), high), seed=0)
-        stats = compare_logits(reference(x), np.asarray(engine(x)), precision)
-    return {"reference": onnx_path.name, "sources": {"random": stats}, "passed": stats["passed"]}
+        batch, count = min(max(low, 8), high), opts.verify_samples
+        images = {"random": random_images(count, spec.image_size, 0),
+                  "real-looking": smooth_images(count, spec.image_size, 1)}
+        if opts.val_data is not None:
+            images["data"] = folder_images(opts.val_data, pre, count)
+        sources = {}
+        for name, pixels in images.items():
+            x = pixels if spec.dtype == "uint8" else normalize_uint8(pixels, pre).astype(spec.dtype)
+            got = _run_in_batches(lambda b: np.asarray(engine(b)), x, batch)
+            sources[name] = compare_logits(_run_in_batches(reference, x, batch), got, precision)
+    judged = judged_sources(precision, sources)
+    return {"reference": onnx_path.name, "reference_kind": "the ONNX graph it was compiled from (itself verified "
+            "against PyTorch)", "sources": sources, "judged_on": judged,
+            "passed": all(sources[name]["passed"] for name in judged)}

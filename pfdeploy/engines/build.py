@@ -31,7 +31,8 @@ class ParserIssue:
 
 @dataclass(frozen=True)
 class BuiltPlan:
-    """What a TensorRT build returns: plan bytes, the updated timing cache, inspector JSON (or None)."""
+    """What a TensorRT build returns: plan bytes, the updated timing cache to write back (None: leave
+    the cache file as it is), inspector JSON (or None)."""
 
     plan: bytes
     timing_cache: bytes | None = None
@@ -84,7 +85,7 @@ def network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def _configure(trt, builder, config, options: BuildOptions, shapes: dict, timing_cache: bytes | None):
+def _configure(trt, builder, config, options: BuildOptions, shapes: dict) -> None:
     if options.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     config.builder_optimization_level = options.opt_level
@@ -100,17 +101,46 @@ def _configure(trt, builder, config, options: BuildOptions, shapes: dict, timing
         # The plan embeds the lean runtime (EXCLUDE_LEAN_RUNTIME is not set), so it loads on newer
         # TensorRT without shipping a separate lean runtime; loading needs engine_host_code_allowed.
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    # TensorRT lets FP32 layers use TF32 unless told otherwise; FP32 must mean FP32 (--tf32 opts in).
+    if options.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if options.inspect:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
     for name, s in shapes.items():
         profile.set_shape(name, s["min"], s["opt"], s["max"])
     config.add_optimization_profile(profile)
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            log.warning("TensorRT rejected the timing cache (other TensorRT or GPU); starting a fresh one")
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+REJECTED_CACHE = (
+    "TensorRT rejected the timing cache file (made by another TensorRT or GPU, or damaged); "
+    "it is left unchanged and not updated by this build"
+)
+
+
+def use_timing_cache(config, data: bytes | None) -> tuple[object | None, bool]:
+    """Give the build a timing cache made from `data` (b"" starts a new one; None: no cache).
+
+    Returns (the cache TensorRT uses or None, whether to write it back to the file afterwards). A file
+    TensorRT rejects (create_timing_cache returns None, or set_timing_cache returns False) is never
+    overwritten: the build gets a fresh cache that is not saved, and a warning says so.
+    """
+    if data is None:
+        return None, False
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache, True
+    if not data:
+        log.warning("TensorRT could not create a timing cache; building without one (nothing is saved)")
+        return None, False
+    log.warning(REJECTED_CACHE)
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        log.warning("TensorRT could not create a fresh timing cache either; building without one")
+        return None, False
+    return fresh, False
 
 
 def _layer_info(trt, logger, plan: bytes, version_compatible: bool) -> str:
@@ -132,7 +162,11 @@ def serialized_engine_from_onnx(
     timing_cache: bytes | None = None,
     progress: bool = True,
 ) -> BuiltPlan:
-    """Parse `onnx_path` into a strongly typed network and build a serialized engine with one profile."""
+    """Parse `onnx_path` into a strongly typed network and build a serialized engine with one profile.
+
+    timing_cache: bytes of the cache file (b"" for a new one; None: no cache); the returned
+    BuiltPlan.timing_cache is the updated cache to save, or None when the file must stay as it was.
+    """
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.VERBOSE if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -143,7 +177,8 @@ def serialized_engine_from_onnx(
         raise PfdeployError(format_parser_errors(onnx_path, issues))
 
     config = builder.create_builder_config()
-    _configure(trt, builder, config, options, shapes, timing_cache)
+    _configure(trt, builder, config, options, shapes)
+    _, save_cache = use_timing_cache(config, timing_cache)
     bars = PhaseBars(enabled=progress)
     monitor = progress_monitor(trt, bars)  # referenced until the build returns
     config.progress_monitor = monitor
@@ -159,6 +194,6 @@ def serialized_engine_from_onnx(
             "try a larger --workspace or a smaller --batch maximum"
         )
     plan_bytes = bytes(plan)
-    cache_bytes = bytes(config.get_timing_cache().serialize()) if timing_cache is not None else None
+    cache_bytes = bytes(config.get_timing_cache().serialize()) if save_cache else None  # updated by the build
     info = _layer_info(trt, logger, plan_bytes, options.version_compatible) if options.inspect else None
     return BuiltPlan(plan_bytes, cache_bytes, info)

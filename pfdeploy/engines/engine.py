@@ -12,20 +12,24 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pfdeploy._io import sha256_bytes, write_bytes_atomic
 from pfdeploy.engines.inspection import write_layer_info
 from pfdeploy.engines.manifest import (
     build_manifest,
+    io_from_onnx,
     manifest_path,
     reusable_manifest,
     reuse_key,
     write_manifest,
 )
-from pfdeploy.engines.onnx_facts import OnnxFacts, onnx_facts
 from pfdeploy.engines.options import BuildOptions
 from pfdeploy.engines.profile import profile_shapes
 from pfdeploy.errors import PfdeployError
+
+if TYPE_CHECKING:
+    from pfdeploy.engines.onnx_facts import OnnxFacts
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +64,12 @@ def default_plan_path(onnx_path: str | os.PathLike) -> Path:
     return p.with_suffix(".plan") if p.suffix == ".onnx" else Path(f"{p}.plan")
 
 
-def build_request(
-    onnx_path,
-    output=None,
-    *,
-    batch=None,
-    workspace_gib=None,
-    opt_level=3,
-    timing_cache=None,
-    hardware_compat="none",
-    version_compatible=False,
-    inspect=False,
-) -> BuildRequest:
+def build_request(onnx_path, output=None, options: BuildOptions | None = None, *, batch=None,
+                  timing_cache=None) -> BuildRequest:
     """Validate everything that can be checked without TensorRT (file, options, profile)."""
-    options = BuildOptions(
-        workspace_gib=workspace_gib,
-        opt_level=opt_level,
-        hardware_compat=hardware_compat,
-        version_compatible=bool(version_compatible),
-        inspect=bool(inspect),
-    )
+    from pfdeploy.engines.onnx_facts import onnx_facts  # reads the graph with onnx, imported on use
+
+    options = options if options is not None else BuildOptions()
     facts = onnx_facts(onnx_path)
     shapes = profile_shapes(facts.inputs, batch)
     out = Path(output) if output is not None else default_plan_path(onnx_path)
@@ -113,7 +103,11 @@ def read_timing_cache(path: Path | None) -> bytes | None:
 
 
 def save_engine(request: BuildRequest, environment: dict, built, build_seconds: float) -> BuildResult:
-    """Write plan, layer info and timing cache atomically, then the manifest last (it vouches for them)."""
+    """Write plan, layer info and timing cache atomically, then the manifest last (it vouches for them).
+
+    The timing cache file is rewritten only with a cache TensorRT accepted and updated
+    (`built.timing_cache`); a file TensorRT rejected is kept as it was.
+    """
     write_bytes_atomic(request.output, built.plan)
     layer_path = write_layer_info(request.output, built.layer_info) if built.layer_info is not None else None
     if request.timing_cache is not None and built.timing_cache:
@@ -128,6 +122,7 @@ def save_engine(request: BuildRequest, environment: dict, built, build_seconds: 
         environment=environment,
         build_seconds=build_seconds,
         key=request_key(request, environment),
+        io=io_from_onnx(request.facts.path),
         layer_info=layer_path,
         timing_cache=request.timing_cache,
     )
@@ -135,44 +130,25 @@ def save_engine(request: BuildRequest, environment: dict, built, build_seconds: 
     return BuildResult(request.output, manifest, False)
 
 
-def engine_from_onnx(
-    onnx_path,
-    output=None,
-    *,
-    batch=None,
-    workspace_gib=None,
-    opt_level=3,
-    timing_cache=None,
-    hardware_compat="none",
-    version_compatible=False,
-    inspect=False,
-    force=False,
-    progress=True,
-) -> BuildResult:
+def engine_from_onnx(onnx_path, output=None, *, batch=None, timing_cache=None, force=False, progress=True,
+                     **options) -> BuildResult:
     """Compile a strongly typed ONNX graph (FP32, FP16 casts or INT8 Q/DQ) into a TensorRT engine.
 
     batch: (min, opt, max) for a dynamic batch dimension; None means (1, 8, 32), or the fixed batch of a
-    static-batch graph. workspace_gib: workspace pool limit (None: TensorRT default). opt_level: builder
-    optimization level 0-5. timing_cache: file read before and written (atomically) after the build.
-    hardware_compat: "none", "ampere+" or "same-cc". version_compatible: plan runs on newer TensorRT.
-    inspect: save the engine's layer information as `<plan>.layers.json`. force: rebuild even when an
-    engine built from the same ONNX and options on this GPU and TensorRT exists.
+    static-batch graph. timing_cache: file read before and written (atomically) after the build; a file
+    TensorRT rejects is left as it was. force: rebuild even when an engine built from the same ONNX and
+    options on this GPU and TensorRT exists, or when its manifest is unreadable or newer.
+    options: the BuildOptions fields, as keywords: workspace_gib, opt_level (0-5), hardware_compat
+    ("none", "ampere+", "same-cc"), version_compatible, inspect (save `<plan>.layers.json`), tf32.
     Raises MissingDependencyError (nothing written) without TensorRT or a GPU.
     """
     from pfdeploy.engines.build import serialized_engine_from_onnx
     from pfdeploy.engines.environment import current_environment
+    from pfdeploy.engines.trt_check import require_trt_compatible
 
-    request = build_request(
-        onnx_path,
-        output,
-        batch=batch,
-        workspace_gib=workspace_gib,
-        opt_level=opt_level,
-        timing_cache=timing_cache,
-        hardware_compat=hardware_compat,
-        version_compatible=version_compatible,
-        inspect=inspect,
-    )
+    request = build_request(onnx_path, output, BuildOptions.from_keywords(**options), batch=batch,
+                            timing_cache=timing_cache)
+    require_trt_compatible(request.facts.path)  # before TensorRT is imported: one line naming node and rule
     environment = current_environment()
     if not force:
         reused = reusable_engine(request, environment)
@@ -192,7 +168,6 @@ def engine_from_onnx(
         environment["tensorrt_version"],
     )
     started = time.perf_counter()
-    built = serialized_engine_from_onnx(
-        request.facts.path, request.shapes, request.options, timing_cache=cache, progress=progress
-    )
+    built = serialized_engine_from_onnx(request.facts.path, request.shapes, request.options, timing_cache=cache,
+                                        progress=progress)
     return save_engine(request, environment, built, time.perf_counter() - started)

@@ -12,8 +12,8 @@ from pfdeploy.errors import MissingDependencyError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "install it with `pip install 'pfdeploy[tensorrt]'` (TensorRT 10 or 11 and cuda-python) "
-    "on a Linux or Windows machine with an NVIDIA GPU"
+    "install it with `pip install 'pfdeploy[tensorrt]'` (TensorRT 10 or 11 for CUDA 12 and cuda-python 12.x; "
+    "`pfdeploy[tensorrt-cu13]` for CUDA 13) on a Linux or Windows machine with an NVIDIA GPU"
 )
 
 
@@ -32,42 +32,31 @@ def require_tensorrt():
     return tensorrt
 
 
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python layout
-        except ImportError as exc:
-            raise MissingDependencyError(f"cuda-python is not installed ({exc}); {INSTALL_HINT}") from None
-    return cudart
-
-
 def format_cuda_version(value: int) -> str:
     """CUDA's integer version (1000*major + 10*minor, e.g. 12040) -> '12.4'."""
     value = int(value)
     return f"{value // 1000}.{(value % 1000) // 10}"
 
 
-def _check(cudart, result, what: str):
-    err, *values = result
-    if int(err) != 0:
-        name = getattr(err, "name", str(err))
-        raise MissingDependencyError(
-            f"no usable CUDA GPU: {what} failed with {name}; check the NVIDIA driver and CUDA_VISIBLE_DEVICES"
-        )
-    return values[0] if len(values) == 1 else values
+def _check(result, what: str):
+    """cuda_call for the environment query: a failure means no usable GPU (MissingDependencyError)."""
+    from pfdeploy.runtime.cuda_memory import cuda_call
+
+    return cuda_call(result, what, fix="no usable CUDA GPU: check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
+                     error=MissingDependencyError)
 
 
 def gpu_facts(device: int = 0) -> dict:
     """GPU name, compute capability and CUDA versions via cuda-python (cudaGetDeviceProperties)."""
-    cudart = _cudart()
-    count = _check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    from pfdeploy.runtime.cuda_memory import cudart as cuda_runtime
+
+    cudart = cuda_runtime()
+    count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if count < 1 or device >= count:
         raise MissingDependencyError(
             f"no CUDA GPU {device} visible ({count} found); TensorRT engines need an NVIDIA GPU"
         )
-    props = _check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = (
         props.name.decode(errors="replace").rstrip("\x00")
         if isinstance(props.name, bytes)
@@ -78,10 +67,10 @@ def gpu_facts(device: int = 0) -> dict:
         "gpu_name": name,
         "compute_capability": f"{props.major}.{props.minor}",
         "cuda_runtime_version": format_cuda_version(
-            _check(cudart, cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+            _check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
         ),
         "cuda_driver_version": format_cuda_version(
-            _check(cudart, cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
+            _check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
         ),
     }
 

@@ -54,11 +54,16 @@ def build_manifest(
     environment: dict,
     build_seconds: float,
     key: str,
+    io: dict | None = None,
     layer_info=None,
     timing_cache=None,
     built_at: str | None = None,
 ) -> dict:
-    """The manifest dict for one engine (see README, "Engine manifest")."""
+    """The manifest dict for one engine (see README, "Engine manifest").
+
+    io: {"inputs": [...], "outputs": [...]}, each {"name", "dtype" (numpy name), "shape" (-1 dynamic)}:
+    the engine's IO tensors (a strongly typed engine keeps its ONNX graph's), see `io_from_onnx`.
+    """
     meta = dict(facts.metadata)
     first = next(iter(shapes.values()))
     return {
@@ -75,6 +80,7 @@ def build_manifest(
         "precision_source": facts.precision_source,
         "strongly_typed": True,
         "profile": shapes,
+        "io": io,
         "batch": {"min": first["min"][0], "opt": first["opt"][0], "max": first["max"][0]},
         "build": {**options, "timing_cache": None if timing_cache is None else str(timing_cache)},
         "environment": {k: environment.get(k) for k in ENVIRONMENT_KEYS},
@@ -92,40 +98,76 @@ def write_manifest(plan_path: str | os.PathLike, manifest: dict) -> Path:
 
 
 def read_manifest(plan_path: str | os.PathLike) -> dict:
-    """Read and check the manifest beside `plan_path` (PfdeployError if missing or not a manifest)."""
+    """Read and check the manifest beside `plan_path` (PfdeployError if missing, unreadable, not a
+    manifest, or written by a newer pfdeploy)."""
     path = manifest_path(plan_path)
     if not path.is_file():
         raise PfdeployError(f"no manifest {path} beside the engine; rebuild it with `pfdeploy build-engine`")
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise PfdeployError(f"{path} cannot be read ({exc}); fix its permissions, or rebuild the engine "
+                            "with --force") from exc
+    except ValueError as exc:
         raise PfdeployError(f"{path} is not valid JSON ({exc}); rebuild the engine with --force") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PfdeployError(f"{path} is not a pfdeploy engine manifest; rebuild the engine with --force")
-    if data.get("manifest_version", 0) > MANIFEST_VERSION:
+    version = data.get("manifest_version", 0)
+    if not isinstance(version, int) or version > MANIFEST_VERSION:
         raise PfdeployError(
-            f"{path} was written by a newer pfdeploy (manifest v{data['manifest_version']}); upgrade pfdeploy"
+            f"{path} was written by a newer pfdeploy (manifest v{version}, this pfdeploy reads "
+            f"v{MANIFEST_VERSION}); upgrade pfdeploy, or rebuild over it with --force"
         )
     return data
 
 
+def plan_matches(plan_path: str | os.PathLike, manifest: dict) -> bool:
+    """True when the plan's bytes are the ones the manifest vouches for (its recorded sha256)."""
+    recorded = (manifest.get("plan") or {}).get("sha256")
+    return bool(recorded) and recorded == sha256_file(plan_path)
+
+
+def check_plan_matches(plan_path: str | os.PathLike, manifest: dict) -> None:
+    """Refuse (one line) a plan that is not the one its manifest describes: replaced or truncated."""
+    if not plan_matches(plan_path, manifest):
+        raise PfdeployError(
+            f"{plan_path} does not match its manifest (sha256 differs); the plan was replaced or truncated: "
+            "rebuild it with `pfdeploy build-engine --force`"
+        )
+
+
 def reusable_manifest(plan_path: str | os.PathLike, key: str) -> dict | None:
-    """The existing manifest if the plan beside it was built from the same inputs and is intact, else None."""
+    """The existing manifest if the plan beside it was built from the same inputs and is intact, else None.
+
+    A manifest that cannot be read, or was written by a newer pfdeploy, is not silently rebuilt over:
+    read_manifest's error (naming --force, which skips this check) propagates.
+    """
     plan_path = Path(plan_path)
-    if not plan_path.is_file():
+    if not plan_path.is_file() or not manifest_path(plan_path).is_file():
         return None
-    try:
-        manifest = read_manifest(plan_path)
-    except PfdeployError:
-        return None
+    manifest = read_manifest(plan_path)
     if manifest.get("reuse_key") != key:
         return None
-    if manifest.get("plan", {}).get("sha256") != sha256_file(plan_path):
+    if not plan_matches(plan_path, manifest):
         return None  # plan replaced or truncated since the manifest was written
     layer_info = manifest.get("layer_info")
     if layer_info and not (plan_path.parent / layer_info).is_file():
         return None
     return manifest
+
+
+def io_from_onnx(path: str | os.PathLike) -> dict:
+    """{"inputs": [...], "outputs": [...]} of an ONNX graph: name, NumPy dtype name, shape (-1 when not fixed)."""
+    from pfdeploy._onnxfile import load_onnx
+    from pfdeploy._onnxgraph import graph_inputs, graph_outputs
+
+    model = load_onnx(path, external_data=False)
+
+    def entries(tensors) -> list[dict]:
+        return [{"name": t.name, "dtype": t.dtype, "shape": [d if isinstance(d, int) and d > 0 else -1 for d in t.dims]}
+                for t in tensors]
+
+    return {"inputs": entries(graph_inputs(model)), "outputs": entries(graph_outputs(model))}
 
 
 def _version_tuple(text) -> tuple[int, ...]:

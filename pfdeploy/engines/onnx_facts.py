@@ -8,19 +8,11 @@ from pathlib import Path
 
 from pfdeploy._io import sha256_file
 from pfdeploy._onnxfile import load_onnx
+from pfdeploy._onnxgraph import GraphTensor, graph_inputs
 from pfdeploy.choices import PRECISIONS
 from pfdeploy.errors import PfdeployError
 
 METADATA_PREFIX = "pfdeploy."
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One graph input: its name, its dims (int for fixed, str/None for symbolic) and element type."""
-
-    name: str
-    dims: tuple
-    dtype: str
 
 
 @dataclass(frozen=True)
@@ -30,29 +22,9 @@ class OnnxFacts:
     path: Path
     sha256: str
     metadata: dict
-    inputs: tuple
+    inputs: tuple[GraphTensor, ...]
     precision: str
     precision_source: str  # "metadata" or "graph"
-
-
-def input_specs_from_model(model) -> tuple:
-    """Graph inputs that are not initializers, as InputSpec tuples."""
-    import onnx
-
-    initializers = {init.name for init in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
-        )
-        dtype = (
-            onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "?"
-        )
-        specs.append(InputSpec(value.name, dims, dtype))
-    return tuple(specs)
 
 
 def precision_from_graph(model) -> str:
@@ -79,7 +51,7 @@ def onnx_facts(path: str | os.PathLike) -> OnnxFacts:
     path = Path(path)
     model = load_onnx(path, external_data=False)
     metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
-    inputs = input_specs_from_model(model)
+    inputs = graph_inputs(model)
     if not inputs:
         raise PfdeployError(f"{path} has no graph inputs; it cannot be compiled into an engine")
     declared = metadata.get(f"{METADATA_PREFIX}precision")

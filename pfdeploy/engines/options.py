@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from pfdeploy.errors import PfdeployError
 
@@ -13,13 +13,21 @@ OPT_LEVELS = range(0, 6)
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Everything besides the ONNX graph that changes the engine TensorRT produces."""
+    """Everything besides the ONNX graph that changes the engine TensorRT produces.
+
+    workspace_gib: workspace pool limit (None: TensorRT's default). opt_level: builder optimization
+    level 0-5. hardware_compat: "none", "ampere+" or "same-cc". version_compatible: the plan also loads
+    on newer TensorRT. inspect: keep the engine's layer information. tf32: let FP32 layers use TF32
+    (10-bit mantissa inputs); off by default, because TensorRT's own default (on) breaks the FP32
+    verification tolerance (max_rel 1e-4).
+    """
 
     workspace_gib: float | None = None
     opt_level: int = 3
     hardware_compat: str = "none"
     version_compatible: bool = False
     inspect: bool = False
+    tf32: bool = False
 
     def __post_init__(self):
         if self.hardware_compat not in HARDWARE_COMPAT:
@@ -35,6 +43,9 @@ class BuildOptions:
             raise PfdeployError(
                 f"--opt-level {self.opt_level!r}: TensorRT builder optimization levels are 0..5"
             )
+        for name in ("version_compatible", "inspect", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise PfdeployError(f"build option {name}={getattr(self, name)!r}: give True or False")
         if self.workspace_gib is not None and not (self.workspace_gib > 0):
             raise PfdeployError(f"--workspace {self.workspace_gib!r}: give a positive size in GiB, e.g. 4")
 
@@ -49,4 +60,14 @@ class BuildOptions:
         return HARDWARE_COMPAT[self.hardware_compat]
 
     def to_dict(self) -> dict:
+        """Plain-JSON view (recorded in the manifest's `build` section and the reuse key)."""
         return asdict(self)
+
+    @classmethod
+    def from_keywords(cls, **options) -> BuildOptions:
+        """BuildOptions from keyword arguments, refusing unknown names in one line."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise PfdeployError(f"unknown build option(s) {', '.join(unknown)}; known: {known}")
+        return cls(**options)

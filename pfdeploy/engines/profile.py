@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+from pfdeploy._text import positive_ints
 from pfdeploy.errors import PfdeployError
 
 DEFAULT_BATCH = (1, 8, 32)
 
 
-def parse_batch_range(text: str) -> tuple[int, int, int]:
-    """'MIN,OPT,MAX' (or one number N for N,N,N) -> (min, opt, max), validated."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
-        raise PfdeployError(f"--batch {text!r}: give MIN,OPT,MAX (e.g. 1,8,32) or one batch size")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise PfdeployError(f"--batch {text!r}: batch sizes must be integers, e.g. 1,8,32") from None
+def parse_batch_range(text: str, what: str = "--batch") -> tuple[int, int, int]:
+    """'MIN,OPT,MAX' (or one number N for N,N,N) -> (min, opt, max), validated; errors name option `what`."""
+    values = positive_ints(text, what, "1,8,32")
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise PfdeployError(f"{what} {text!r}: give MIN,OPT,MAX (e.g. 1,8,32) or one batch size")
     return check_batch_range(values)
 
 

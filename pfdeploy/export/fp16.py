@@ -75,13 +75,18 @@ def fp16_model(source: onnx.ModelProto, *, keep_io_types: bool = True,
 
 def fp16_from_onnx(src: str | Path, dst: str | Path, *, keep_io_types: bool = True) -> Path:
     """Convert the FP32 ONNX file `src` to an FP16 graph at `dst` (atomic; metadata copied)."""
+    from pfdeploy._io import check_output_file, refuse_overwrite
+    from pfdeploy._onnxfile import load_onnx
     from pfdeploy.export.onnx import check_and_save
 
     src, dst = Path(src), Path(dst)
-    meta = read_metadata(src)
+    check_output_file(dst, "output")
+    refuse_overwrite(dst, [src], "output")
+    source = load_onnx(src)
+    meta = read_metadata(source)
     if meta.get(PREFIX + "precision", "fp32") != "fp32":
         raise PfdeployError(f"{src} is {meta[PREFIX + 'precision']}, not fp32; convert an fp32 export")
-    model = fp16_model(onnx.load(str(src)), keep_io_types=keep_io_types)
+    model = fp16_model(source, keep_io_types=keep_io_types)
     set_metadata(model, {**meta, PREFIX + "precision": "fp16",
                          PREFIX + "fp16_io": "fp32" if keep_io_types else "fp16",
                          PREFIX + "fp16_fp32_ops": ",".join(FP32_OPS)})

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from pfdeploy._onnxgraph import tensor_of
+
 SHAPE_SOURCES = ("Shape", "Size")
 
 
@@ -24,10 +26,8 @@ def shape_arithmetic(model: onnx.ModelProto) -> int:
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
-    tensor = value.type.tensor_type
-    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
-            "shape": dims}
+    tensor = tensor_of(value)
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": [0 if d is None else d for d in tensor.dims]}
 
 
 def describe_model(model: onnx.ModelProto) -> dict[str, Any]:

@@ -10,12 +10,16 @@ from typing import Any
 import onnx
 
 from pfdeploy import __version__
+from pfdeploy.calibration.preprocess import metadata_json, preprocess_from_metadata
 from pfdeploy.errors import PfdeployError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "pfdeploy."
 RANDOM = "random"
+__all__ = ["PREFIX", "RANDOM", "REQUIRED", "metadata_for", "metadata_json", "model_from_metadata",
+           "overrides_from_metadata", "preprocess_from_metadata", "read_metadata", "require_pfdeploy_metadata",
+           "set_metadata"]
 REQUIRED = (
     "model", "num_classes", "overrides", "checkpoint_sha256", "preprocess",
     "input_format", "precision", "opset", "version", "pf_layers",
@@ -83,6 +87,15 @@ def require_pfdeploy_metadata(meta: dict[str, str], source: str = "artifact") ->
         )
 
 
+def overrides_from_metadata(meta: dict[str, str], source: str = "artifact") -> dict[str, Any]:
+    """The create_model overrides recorded in `pfdeploy.overrides` (a JSON object)."""
+    overrides = metadata_json(meta, "overrides", source, {})
+    if not isinstance(overrides, dict):
+        raise PfdeployError(f"{source}: metadata {PREFIX}overrides must be a JSON object, got "
+                            f"{type(overrides).__name__}; re-export it with `pfdeploy export`")
+    return overrides
+
+
 def model_from_metadata(meta: dict[str, str], checkpoint: str | Path | None = None):
     """The PyTorch model an artifact was exported from, rebuilt from its metadata (eval mode).
 
@@ -97,8 +110,12 @@ def model_from_metadata(meta: dict[str, str], checkpoint: str | Path | None = No
     require_pfdeploy_metadata(meta)
     name = meta[PREFIX + "model"]
     recorded = meta[PREFIX + "checkpoint_sha256"]
-    overrides = json.loads(meta[PREFIX + "overrides"])
-    num_classes = int(meta[PREFIX + "num_classes"])
+    overrides = overrides_from_metadata(meta)
+    try:
+        num_classes = int(meta[PREFIX + "num_classes"])
+    except ValueError:
+        raise PfdeployError(f"metadata {PREFIX}num_classes is {meta[PREFIX + 'num_classes']!r}, not an "
+                            "integer; re-export the artifact with `pfdeploy export`") from None
     if checkpoint is not None:
         digest = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
         if digest is not None and recorded not in (RANDOM, digest):

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from pfdeploy._io import atomic_path, sha256_file
+from pfdeploy._io import atomic_path, check_output_file, refuse_overwrite, sha256_file
 from pfdeploy.calibration.preprocess import Preprocess
 from pfdeploy.choices import EXPORT_PRECISIONS, INPUT_FORMATS
 from pfdeploy.errors import PfdeployError
@@ -76,15 +76,25 @@ def check_and_save(model: onnx.ModelProto, output: str | Path) -> Path:
 
 
 NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx")
+# Warnings raised inside the exporter's own modules (its deprecations and pass-by-pass notes) ...
+EXPORTER_MODULES = r"(torch\.onnx|torch\.export|torch\._export|torch\._dynamo|torch\.fx|onnxscript|onnx_ir)(\.|$)"
+# ... and ones it triggers elsewhere on every export, attributed to other modules (torch 2.10+'s
+# pytree deprecation is reported from copyreg). Anything else, e.g. a warning from the model's own
+# forward, reaches the user.
+EXPORTER_MESSAGES = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+EXPORTER_WARNINGS = (FutureWarning, DeprecationWarning, UserWarning)
 
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Keep the exporter's pass-by-pass INFO logs and deprecation warnings out of the user's view."""
+    """Keep the exporter's pass-by-pass INFO logs and its own known warnings out of the user's view."""
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+        for category in EXPORTER_WARNINGS:
+            warnings.filterwarnings("ignore", category=category, module=EXPORTER_MODULES)
+            for message in EXPORTER_MESSAGES:
+                warnings.filterwarnings("ignore", message=message, category=category)
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         try:
@@ -153,6 +163,8 @@ def onnx_from_model(
     from pfdeploy.models import parameter_free_layers
 
     _check_args(batch, opset, precision, input_format)
+    check_output_file(output, "output")  # before minutes of export, not after
+    refuse_overwrite(output, [checkpoint], "output")
     model, seed = resolve_model(model_or_name, checkpoint, num_classes, overrides, img_size)
     cfg = model.pretrained_cfg
     if checkpoint is None and seed is not None:

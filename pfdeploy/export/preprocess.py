@@ -9,11 +9,14 @@ from pfdeploy.calibration.preprocess import Preprocess
 
 
 class Uint8NHWCInput(nn.Module):
-    """uint8 (N, H, W, 3) -> layout change, cast, (x / 255 - mean) / std -> the wrapped model.
+    """uint8 (N, H, W, 3) -> cast, layout change, (x / 255 - mean) / std -> the wrapped model.
 
-    The layout change runs on uint8 (4x fewer bytes moved), and the normalization is one
-    multiply-add per element: x * (1 / (255 std)) + (-mean / std). This matches
-    `pfdeploy.calibration.preprocess.normalize_uint8` to float32 rounding.
+    The cast comes first because TensorRT takes UINT8 only as a network input converted by Cast
+    before any other layer (its Transpose has no UINT8 kernel). `.contiguous()` gives the model a
+    plain NCHW tensor: a channels-last view would make the exporter write the head's flatten of
+    r50-style models as a strided gather whose batch size is read by a Shape of the raw input.
+    The normalization is one multiply-add per element: x * (1 / (255 std)) + (-mean / std). This
+    matches `pfdeploy.calibration.preprocess.normalize_uint8` to float32 rounding.
     """
 
     def __init__(self, model: nn.Module, pre: Preprocess):
@@ -25,7 +28,7 @@ class Uint8NHWCInput(nn.Module):
         self.register_buffer("shift", -mean / std, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        x = x.to(torch.float32).permute(0, 3, 1, 2).contiguous()
         return self.model(x * self.scale + self.shift)
 
 

@@ -100,6 +100,58 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
     raise PfdeployError(f"checkpoint does not fit {name}: {'; '.join(parts)}{hint}")
 
 
+def check_tensor_values(state: Mapping[str, torch.Tensor]) -> None:
+    """Raise a PfdeployError naming the first tensor holding NaN/Inf, or a BatchNorm running_var below 0.
+
+    Such weights export and run, and make every output NaN: a verification could never mean anything.
+    """
+    for key, value in state.items():
+        if not value.is_floating_point() and not value.is_complex():
+            continue
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise PfdeployError(
+                f"checkpoint tensor {key} holds {bad} NaN/Inf value(s) of {value.numel()}; the training run "
+                "diverged or the file is corrupt: use an earlier checkpoint"
+            )
+        if key.endswith("running_var") and bool((value < 0).any()):
+            raise PfdeployError(
+                f"checkpoint tensor {key} holds negative variances (min {float(value.min()):.3g}); a BatchNorm "
+                "running_var is never below 0, so the file is corrupt: use another checkpoint"
+            )
+
+
+def check_dtypes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse integer/bool tensors where the model has floating ones; warn when a cast loses precision.
+
+    Integer buffers (BatchNorm's num_batches_tracked) load as before.
+    """
+    name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
+    lossy: dict[tuple[str, str], list] = {}  # (from, to) -> [tensors, values, worst relative change, first key]
+    for key, target in model.state_dict().items():
+        value = state.get(key)
+        if value is None or not target.is_floating_point() or value.dtype == target.dtype:
+            continue
+        if not value.is_floating_point():
+            raise PfdeployError(
+                f"checkpoint tensor {key} is {name(value.dtype)} where the model has {name(target.dtype)}; "
+                "loading would cast the numbers and change what the model computes: save the floating-point "
+                "weights (torch.save(model.float().state_dict(), path))"
+            )
+        cast = value.to(target.dtype)
+        if bool((torch.isfinite(value) & ~torch.isfinite(cast)).any()):
+            raise PfdeployError(f"checkpoint tensor {key} holds values beyond the range of {name(target.dtype)}; "
+                                f"load it into a {name(value.dtype)} model")
+        changed = cast.to(value.dtype) != value
+        if bool(changed.any()):
+            entry = lossy.setdefault((name(value.dtype), name(target.dtype)), [0, 0, 0.0, key])
+            rel = ((cast.to(value.dtype) - value).abs() / value.abs().clamp_min(1e-30))[changed].max()
+            entry[0], entry[1], entry[2] = entry[0] + 1, entry[1] + int(changed.sum()), max(entry[2], float(rel))
+    for (src, dst), (tensors, values, rel, first) in lossy.items():
+        log.warning("checkpoint: %d %s tensor(s) (%s, ...) lose precision as %s: %d values change, by up to "
+                    "%.2g relative", tensors, src, first, dst, values, rel)
+
+
 def suggest_model(state: Mapping[str, torch.Tensor]) -> str | None:
     """The registered model whose state_dict layout best matches `state` (None if nothing fits)."""
     from pfdeploy.models.registry import create_model, list_models
@@ -121,6 +173,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, key: str | None = None) 
     Accepts a plain state_dict or one under `model`, `state_dict` or `model_ema` (or `key`),
     strips a `module.` prefix, and resizes a position embedding whose grid differs (bicubic).
     Loading uses `weights_only=True`: a checkpoint that carries code is refused, never executed.
+    Integer or bool tensors where the model has floating ones, NaN/Inf values and negative BatchNorm
+    variances are refused; a cast that changes values (float64 -> float32 rounding, float32 -> an
+    fp16 model) is stated in a warning.
     """
     state = state_dict_from_checkpoint(read_checkpoint(path), key)
     own = model.state_dict()
@@ -130,5 +185,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, key: str | None = None) 
                         tuple(own["pos_embed"].shape))
             state["pos_embed"] = _resize_grid(state["pos_embed"], own["pos_embed"].shape)
     check_state_dict(model, state)
+    check_dtypes(model, state)
+    check_tensor_values(state)
     model.load_state_dict(state, strict=True)
     return model.eval()

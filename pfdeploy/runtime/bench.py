@@ -6,7 +6,7 @@ JSON schema (`SCHEMA` = "pfdeploy.bench/1"), as returned by `benchmark` and writ
     {
       "schema": "pfdeploy.bench/1",
       "created": ISO-8601 UTC time,
-      "environment": {"pfdeploy", "python", "numpy", "torch", "onnxruntime", "platform",
+      "environment": {"pfdeploy", "python", "numpy", "torch", "onnxruntime", "openvino", "platform",
                       "cpu", "cpu_flags" (notable instruction sets), "cpu_count", "gpu" (name or null)},
       "settings": {"batches": [int], "seconds": float, "warmup": int, "interleaved": true},
       "targets": [{"label", "target", "backend", "device", "precision", "model", "input": InputSpec}],
@@ -26,6 +26,7 @@ one model does not pay. `images_per_second` is batch / mean counted call time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from pfdeploy._cpu import cpu_name, notable_flags
+from pfdeploy._text import text_table
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 from pfdeploy.runtime.session import Session
 from pfdeploy.runtime.timing import latency_stats, time_interleaved
@@ -62,7 +64,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(), "cpu": cpu_name(), "cpu_flags": notable_flags(),
         "cpu_count": os.cpu_count(), "gpu": None,
     }
-    for name in ("torch", "onnxruntime"):
+    for name in ("torch", "onnxruntime", "openvino"):
         module = sys.modules.get(name)
         env[name] = getattr(module, "__version__", None) if module else None
     torch = sys.modules.get("torch")
@@ -238,15 +240,29 @@ def table_from_results(report: dict[str, Any]) -> list[dict[str, str]]:
 
 def format_table(report: dict[str, Any]) -> str:
     """Plain-text table of a benchmark report."""
-    rows = table_from_results(report)
-    cells = [[row.get(c, "") for c in TABLE_COLUMNS] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(TABLE_COLUMNS)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(TABLE_COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
+    return text_table(table_from_results(report), TABLE_COLUMNS)
+
+
+@contextlib.contextmanager
+def _quiet_matplotlib():
+    """Keep matplotlib's own log lines ("Matplotlib is building the font cache", "generated new
+    fontManager" on a first run) out of the user's output while a plot is made."""
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def plot_throughput(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of img/s vs batch size, one line per target and mode (needs matplotlib)."""
+    with _quiet_matplotlib():
+        return _plot_throughput(report, path)
+
+
+def _plot_throughput(report: dict[str, Any], path: str | Path) -> Path:
     try:
         import matplotlib
 

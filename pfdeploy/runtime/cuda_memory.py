@@ -2,13 +2,17 @@
 one stream, async copies, and CUDA-graph capture. No pycuda.
 
 Every cuda-python runtime call returns a tuple `(cudaError_t, *results)`; `cuda_call` checks the
-status and unwraps the results. Buffers are allocated once (for the largest shape they will hold)
-and freed by `free()` / the owner's `close()`.
+status and unwraps the results. `cudart()` and `cuda_call` are the one import and status check of
+cuda-python in pfdeploy (the engine environment query uses them too). Handles (`cudaStream_t`,
+`cudaGraph_t`, `cudaGraphExec_t`) are cuda-python objects; `int(handle)` is the raw value TensorRT
+takes. Buffers are allocated once (for the largest shape they will hold) and freed by `free()` /
+the owner's `close()`; a constructor that fails frees what it made before raising.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,38 +21,57 @@ import numpy as np
 
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 
+log = logging.getLogger(__name__)
+
+#: TensorRT's (and cudaMalloc's) alignment of IO tensor addresses, in bytes.
+ALIGNMENT = 256
+CUDA_PYTHON_HINT = (
+    "install cuda-python matching your CUDA major version: `pip install 'pfdeploy[tensorrt-cu12]'` "
+    "(TensorRT + cuda-python 12.x, NVIDIA driver 525+) or `pfdeploy[tensorrt-cu13]` (driver 580+), "
+    "or just `pip install 'cuda-python>=12.6,<13'`"
+)
+GPU_FIX = "check the GPU and driver (nvidia-smi) and that the engine fits in GPU memory"
+
 
 def cudart():
-    """The cuda-python runtime module (`cuda.bindings.runtime`, or `cuda.cudart` before 12.6)."""
+    """The cuda-python runtime module `cuda.bindings.runtime` (cuda-python 12.6 or newer)."""
     try:
         from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError:
-            raise MissingDependencyError(
-                "the CUDA memory layer needs cuda-python; install it with `pip install cuda-python` "
-                "(or pfdeploy[tensorrt]) on a GPU machine"
-            ) from None
+    except ImportError as exc:
+        raise MissingDependencyError(f"cuda-python is not installed ({exc}); {CUDA_PYTHON_HINT}") from None
     return runtime
 
 
-def cuda_call(result: tuple, what: str = "CUDA call") -> Any:
+def error_name(status: Any) -> str:
+    """`cudaErrorMemoryAllocation` for a cudaError_t (its number for anything else)."""
+    return getattr(status, "name", str(status))
+
+
+def cuda_call(result: tuple, what: str = "CUDA call", *, fix: str = GPU_FIX,
+              error: type[PfdeployError] = PfdeployError) -> Any:
     """Check the status of a cuda-python result tuple and return its value(s).
 
-    `(status,)` -> None, `(status, x)` -> x, `(status, x, y)` -> (x, y). A non-zero status
-    raises a PfdeployError naming the call and the error.
+    `(status,)` -> None, `(status, x)` -> x, `(status, x, y)` -> (x, y). A non-zero status raises
+    `error` (PfdeployError by default) naming the call, the error and `fix`.
     """
     if not isinstance(result, tuple) or not result:
         raise TypeError(f"{what}: expected a cuda-python result tuple, got {result!r}")
     status, *values = result
     if int(status) != 0:
-        name = getattr(status, "name", str(status))
-        raise PfdeployError(f"{what} failed with {name} ({int(status)}); check the GPU and driver "
-                            "(nvidia-smi) and that the engine fits in GPU memory")
+        raise error(f"{what} failed with {error_name(status)} ({int(status)}); {fix}")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def clear_last_error() -> None:
+    """Reset the runtime's last error (cudaGetLastError) after a failure that was handled."""
+    cudart().cudaGetLastError()
+
+
+def current_device() -> int:
+    """Index of the CUDA device current on this thread (cudaGetDevice)."""
+    return int(cuda_call(cudart().cudaGetDevice(), "cudaGetDevice"))
 
 
 def nbytes_of(shape: tuple[int, ...], dtype: Any) -> int:
@@ -74,8 +97,8 @@ class Stream:
 
     def free(self) -> None:
         if self.handle is not None:
-            cuda_call(self._rt.cudaStreamDestroy(self.handle), "cudaStreamDestroy")
-            self.handle = None
+            handle, self.handle = self.handle, None
+            cuda_call(self._rt.cudaStreamDestroy(handle), "cudaStreamDestroy")
 
 
 class PinnedBuffer:
@@ -92,13 +115,12 @@ class PinnedBuffer:
 
     def free(self) -> None:
         if self.ptr:
-            self.array = None
-            cuda_call(self._rt.cudaFreeHost(self.ptr), "cudaFreeHost")
-            self.ptr = 0
+            ptr, self.ptr, self.array = self.ptr, 0, None
+            cuda_call(self._rt.cudaFreeHost(ptr), "cudaFreeHost")
 
 
 class DeviceBuffer:
-    """Device memory (cudaMalloc) of `nbytes`; `ptr` is the address TensorRT binds."""
+    """Device memory (cudaMalloc, 256-byte aligned) of `nbytes`; `ptr` is the address TensorRT binds."""
 
     def __init__(self, nbytes: int):
         self._rt = cudart()
@@ -107,8 +129,8 @@ class DeviceBuffer:
 
     def free(self) -> None:
         if self.ptr:
-            cuda_call(self._rt.cudaFree(self.ptr), "cudaFree")
-            self.ptr = 0
+            ptr, self.ptr = self.ptr, 0
+            cuda_call(self._rt.cudaFree(ptr), "cudaFree")
 
 
 def copy_async(dst_ptr: int, src_ptr: int, nbytes: int, kind: str, stream: Stream) -> None:
@@ -127,7 +149,11 @@ class HostDeviceBuffer:
 
     def __init__(self, max_shape: tuple[int, ...], dtype: Any):
         self.host = PinnedBuffer(max_shape, dtype)
-        self.device = DeviceBuffer(self.host.nbytes)
+        try:
+            self.device = DeviceBuffer(self.host.nbytes)
+        except BaseException:
+            self.host.free()
+            raise
 
     def upload(self, array: np.ndarray, stream: Stream) -> None:
         """Copy `array` (a leading slice of the max shape) into pinned memory, then to the device."""
@@ -146,22 +172,59 @@ class HostDeviceBuffer:
         self.host.free()
 
 
-class CudaGraph:
-    """Work captured from a stream once (cudaStreamBeginCapture/EndCapture), replayed by `launch`."""
+class GraphCaptureError(PfdeployError):
+    """A CUDA graph could not be captured or instantiated; the capture was ended and the error cleared,
+    so the stream can run the same work without a graph."""
 
-    def __init__(self, stream: Stream, enqueue: Callable[[], None]):
+
+class CudaGraph:
+    """Work captured from a stream once (cudaStreamBeginCapture/EndCapture), replayed by `launch`.
+
+    `enqueue` queues the work on the stream; if it returns False (TensorRT's execute_async_v3 does on
+    failure), or the capture is invalidated, or the graph cannot be instantiated, the capture is ended,
+    whatever was made is destroyed, the runtime's last error is cleared, and GraphCaptureError is
+    raised: an empty or partial graph is never kept. An exception from `enqueue` propagates after the
+    same clean-up.
+    """
+
+    def __init__(self, stream: Stream, enqueue: Callable[[], Any]):
         rt = cudart()
-        self._rt, self._stream = rt, stream
+        self._rt, self._stream, self._exec = rt, stream, None
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         cuda_call(rt.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
         try:
-            enqueue()
-        finally:
-            graph = cuda_call(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
-        try:
-            self._exec = cuda_call(rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
-        finally:
-            cuda_call(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+            ok = enqueue() is not False
+        except BaseException:
+            graph = self._end_capture()
+            if graph is not None:
+                rt.cudaGraphDestroy(graph)
+            rt.cudaGetLastError()
+            raise
+        graph = self._end_capture()
+        if graph is None:
+            self._fail("the capture was invalidated (cudaStreamEndCapture failed)", None)
+        if not ok:
+            self._fail("the captured work reported that it could not be queued", graph)
+        status, handle = rt.cudaGraphInstantiateWithFlags(graph, 0)
+        if int(status) != 0 or handle is None:
+            self._fail(f"cudaGraphInstantiateWithFlags failed with {error_name(status)}", graph)
+        rt.cudaGraphDestroy(graph)  # the executable graph keeps what it needs
+        self._exec = handle
+
+    def _end_capture(self):
+        """End the capture; the graph, or None (error cleared) if the capture was invalidated."""
+        status, graph = self._rt.cudaStreamEndCapture(self._stream.handle)
+        if int(status) != 0 or graph is None or int(graph) == 0:
+            log.debug("cudaStreamEndCapture: %s", error_name(status))
+            self._rt.cudaGetLastError()
+            return None
+        return graph
+
+    def _fail(self, reason: str, graph) -> None:
+        if graph is not None:
+            self._rt.cudaGraphDestroy(graph)
+        self._rt.cudaGetLastError()  # clear the error the failed capture left behind
+        raise GraphCaptureError(f"CUDA graph capture failed: {reason}")
 
     def launch(self) -> None:
         """Queue one replay of the captured work on the stream."""
@@ -169,5 +232,5 @@ class CudaGraph:
 
     def free(self) -> None:
         if self._exec is not None:
-            cuda_call(self._rt.cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
-            self._exec = None
+            handle, self._exec = self._exec, None
+            cuda_call(self._rt.cudaGraphExecDestroy(handle), "cudaGraphExecDestroy")

@@ -15,35 +15,17 @@ from typing import Any
 import numpy as np
 
 from pfdeploy.errors import PfdeployError
-from pfdeploy.runtime.session import InputSpec, Session
+from pfdeploy.runtime.session import Session, onnx_input_spec
 
 log = logging.getLogger(__name__)
 
-ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
-
-def ort_session(path: Path, device: str, intra_op_threads: int | None, providers: list[str] | None):
+def ort_session(path: Path, device: str, intra_op_threads: int | None, providers: list[str] | None, model=None):
     """The throughput-tuned InferenceSession for `path` (the shared factory in ort_options)."""
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
 
     return ort_session_from_onnx(path, device=device, intra_op_threads=intra_op_threads,
-                                 providers=providers)
-
-
-def input_spec_from_ort(node, metadata: dict[str, str]) -> InputSpec:
-    """InputSpec of an ORT input node (name, shape, type), using metadata's input format."""
-    if node.type not in ORT_DTYPES:
-        raise PfdeployError(f"input {node.name!r} has type {node.type}; pfdeploy runs float32, float16 "
-                            "or uint8 image inputs")
-    dtype = ORT_DTYPES[node.type]
-    dims = [d if isinstance(d, int) and d > 0 else None for d in node.shape]
-    if len(dims) != 4 or any(d is None for d in dims[1:]):
-        raise PfdeployError(f"input {node.name!r} has shape {node.shape}; expected (batch, C, H, W) or "
-                            "(batch, H, W, C) with fixed image dimensions")
-    fmt = metadata.get("pfdeploy.input_format") or ("uint8-nhwc" if dtype == "uint8" else "float-nchw")
-    layout = "NHWC" if fmt == "uint8-nhwc" else "NCHW"
-    batch = dims[0]
-    return InputSpec(node.name, (None, *dims[1:]), dtype, layout, batch or 1, batch)
+                                 providers=providers, model=model)
 
 
 class OnnxRuntimeSession(Session):
@@ -57,15 +39,16 @@ class OnnxRuntimeSession(Session):
         path = Path(path)
         if not path.is_file():
             raise PfdeployError(f"ONNX file {path} not found; export one with `pfdeploy export`")
-        self._sess = ort_session(path, device, intra_op_threads, providers)
-        metadata = dict(self._sess.get_modelmeta().custom_metadata_map)
-        inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
-        if len(inputs) != 1:
-            raise PfdeployError(f"{path} has {len(inputs)} inputs; pfdeploy runs single-input image models")
-        super().__init__(input_spec_from_ort(inputs[0], metadata), metadata, device)
+        from pfdeploy._onnxfile import load_onnx
+
+        model = load_onnx(path)  # one read: the session is made from this ModelProto too
+        spec, metadata = onnx_input_spec(model, path)
+        self._sess = ort_session(path, device, intra_op_threads, providers, model)
+        outputs = self._sess.get_outputs()
+        super().__init__(spec, metadata, device)
         self.path = path
         self.providers = self._sess.get_providers()
-        self._in_name = inputs[0].name
+        self._in_name = spec.name
         self._out_names = [outputs[0].name]
         log.debug("onnxruntime session on %s with %s", path, self.providers)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 
 from pfdeploy.errors import MissingDependencyError, PfdeployError
@@ -56,12 +55,14 @@ def session_options(intra_op_threads: int | None = None, optimized_model_path: s
 
 
 def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,
-                          providers: list | None = None, fuse_attention: bool = True, **option_kwargs):
+                          providers: list | None = None, fuse_attention: bool = True, model=None,
+                          **option_kwargs):
     """An onnxruntime.InferenceSession for `path` on `device` ('cpu', 'cuda', 'tensorrt').
 
     On the CPU execution provider, `fuse_attention` loads the graph with its attention blocks
     rewritten into ONNX Runtime's `Attention` kernel (`attention_fused_for_cpu`; the file is not
-    changed).
+    changed). `model`: the file's ModelProto when the caller already loaded it with
+    `pfdeploy._onnxfile.load_onnx`: the file is not read again, and the fusion rewrites `model` in place.
 
     Refuses (MissingDependencyError) a device whose execution provider this onnxruntime lacks
     rather than silently running on the CPU.
@@ -73,7 +74,8 @@ def ort_session_from_onnx(path: str | Path, *, device: str = "cpu", intra_op_thr
     from pfdeploy._onnxfile import load_onnx
 
     path = Path(path)
-    model = load_onnx(path)  # refuses missing, unreadable, truncated and damaged files in one line
+    if model is None:
+        model = load_onnx(path)  # refuses missing, unreadable, truncated and damaged files in one line
     if providers is None:
         if device not in DEVICE_PROVIDERS:
             raise PfdeployError(f"unknown device {device!r}; use one of {', '.join(DEVICE_PROVIDERS)}")
@@ -194,12 +196,11 @@ def attention_fused_for_cpu(model) -> int:
     """
     from onnx import helper
 
+    from pfdeploy._onnxgraph import consumers as users_of
+    from pfdeploy._onnxgraph import producers
+
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    producer, consumers = producers(graph), users_of(graph)
     graph_outputs = {o.name for o in graph.output}
     const = _constant_values(graph)
     removed, fused = set(), {}
@@ -210,7 +211,7 @@ def attention_fused_for_cpu(model) -> int:
         nodes, attrs = match
         inside = {id(n) for n in nodes}
         internal = [o for n in nodes[:-1] for o in n.output]
-        if any(o in graph_outputs or any(id(c) not in inside for c in consumers[o]) for o in internal):
+        if any(o in graph_outputs or any(id(c) not in inside for c in consumers.get(o, ())) for o in internal):
             continue
         proj, bias, out = nodes[0], nodes[1], nodes[-1]
         fused[id(proj)] = helper.make_node(

@@ -1,15 +1,14 @@
 """The one Session interface every backend implements: input spec, validation, run, close.
 
-Thread-safety: a Session whose `thread_safe` is True (onnxruntime, torch eager) may be called from
-several threads at once. One whose `thread_safe` is False (tensorrt: one execution context and one
-set of staging buffers; torch on CUDA: one pinned staging buffer and CUDA graphs) serializes calls
-with an internal lock, so it is safe but not concurrent: open one session per thread for
-concurrent inference.
+Thread-safety: a Session whose `thread_safe` is True (onnxruntime, torch eager, openvino: a pool of
+infer requests, one per concurrent call) may be called from several threads at once. One whose
+`thread_safe` is False (tensorrt: one execution context and one set of staging buffers; torch on
+CUDA: one pinned staging buffer and CUDA graphs) serializes calls with an internal lock, so it is
+safe but not concurrent: open one session per thread for concurrent inference.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -98,6 +97,36 @@ def spec_for_format(input_format: str, size: int, name: str = "input", dtype: st
     return InputSpec(name, (None, 3, size, size), dtype or "float32", "NCHW", min_batch, max_batch)
 
 
+IMAGE_DTYPES = ("float32", "float16", "uint8")
+
+
+def input_spec_from_graph(tensor, metadata: dict[str, str]) -> InputSpec:
+    """The InputSpec of an ONNX graph input (a pfdeploy._onnxgraph.GraphTensor), laid out as the
+    metadata's input format says; a fixed leading dimension is the only batch accepted."""
+    if tensor.dtype not in IMAGE_DTYPES:
+        raise PfdeployError(f"input {tensor.name!r} has type {tensor.dtype}; pfdeploy runs float32, float16 "
+                            "or uint8 image inputs")
+    dims = [d if isinstance(d, int) and d > 0 else None for d in tensor.dims]
+    if len(dims) != 4 or any(d is None for d in dims[1:]):
+        raise PfdeployError(f"input {tensor.name!r} has shape {list(tensor.dims)}; expected (batch, C, H, W) or "
+                            "(batch, H, W, C) with fixed image dimensions")
+    fmt = metadata.get("pfdeploy.input_format") or ("uint8-nhwc" if tensor.dtype == "uint8" else "float-nchw")
+    batch = tensor.fixed_batch
+    return InputSpec(tensor.name, (None, *dims[1:]), tensor.dtype, LAYOUTS.get(fmt, "NCHW"), batch or 1, batch)
+
+
+def onnx_input_spec(model, path) -> tuple[InputSpec, dict[str, str]]:
+    """(InputSpec, metadata) of a loaded single-input ONNX image model (`input_spec_from_graph`);
+    a graph with another number of inputs is refused in one line naming `path`."""
+    from pfdeploy._onnxgraph import graph_inputs
+
+    metadata = {p.key: p.value for p in model.metadata_props}
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        raise PfdeployError(f"{path} has {len(inputs)} inputs; pfdeploy runs single-input image models")
+    return input_spec_from_graph(inputs[0], metadata), metadata
+
+
 def _is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
@@ -142,10 +171,9 @@ class Session:
     @property
     def preprocess(self):
         """The Preprocess stored with the artifact (None if it carries none)."""
-        from pfdeploy.calibration.preprocess import Preprocess
+        from pfdeploy.calibration.preprocess import preprocess_from_metadata
 
-        raw = self.metadata.get("pfdeploy.preprocess")
-        return Preprocess.from_dict(json.loads(raw)) if raw else None
+        return preprocess_from_metadata(self.metadata, str(getattr(self, "path", f"the {self.backend} session")))
 
     @property
     def precision(self) -> str:

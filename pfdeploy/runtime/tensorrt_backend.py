@@ -4,9 +4,13 @@ Before deserializing, the `<plan>.json` manifest is read and checked against thi
 (TensorRT version, GPU compute capability) and the plan's sha256, so a mismatched engine is refused
 with a clear message instead of a TensorRT crash. Pinned host and device buffers are allocated once
 for the optimization profile's max batch; each call copies in, sets the input shape, runs
-`execute_async_v3` on one stream and copies out. With `cuda_graph=True` the execution of each batch
-size is captured once as a CUDA graph and replayed. A session holds one IExecutionContext, which is
-not thread-safe: calls are serialized by a lock (open one session per thread for concurrency).
+`execute_async_v3` on one stream and copies out; every TensorRT call that reports failure by its
+result (deserialize, set_input_shape, set_tensor_address, execute_async_v3) is checked. With
+`cuda_graph=True` the execution of each batch size is captured once as a CUDA graph and replayed; a
+capture that fails is cleaned up and that batch size runs with plain enqueue. A CUDA tensor is bound
+in place only when it is on the engine's GPU and 256-byte aligned, else copied into the session's
+buffer. A session holds one IExecutionContext, which is not thread-safe: calls are serialized by a
+lock (open one session per thread for concurrency).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from pfdeploy.runtime.session import Session, spec_for_format
 
 log = logging.getLogger(__name__)
 
+# Input dtypes an engine of each input format may take (recorded in the manifest's `io` section).
+IO_DTYPES = {"float-nchw": ("float32", "float16"), "uint8-nhwc": ("uint8",)}
+
 
 def metadata_from_manifest(manifest: dict) -> dict[str, str]:
     """The session metadata of an engine: its ONNX's `pfdeploy.*` metadata plus engine facts."""
@@ -37,7 +44,8 @@ def metadata_from_manifest(manifest: dict) -> dict[str, str]:
 
 
 def spec_from_manifest(manifest: dict):
-    """InputSpec of an engine from its manifest: input format, image size and batch range."""
+    """InputSpec of an engine from its manifest: input format, image size, batch range, and the input
+    dtype from the manifest's `io` section (an FP16-IO engine takes float16; float32 when absent)."""
     profile = manifest.get("profile") or {}
     batch = manifest.get("batch") or {}
     if len(profile) != 1 or not batch:
@@ -46,18 +54,20 @@ def spec_from_manifest(manifest: dict):
     fmt = manifest.get("input_format") or "float-nchw"
     max_shape = list(shapes["max"])
     size = max_shape[1] if fmt == "uint8-nhwc" else max_shape[2]
-    return spec_for_format(fmt, int(size), name=name, min_batch=int(batch["min"]), max_batch=int(batch["max"]))
+    inputs = (manifest.get("io") or {}).get("inputs") or []
+    dtype = str(inputs[0].get("dtype")) if inputs else None
+    if dtype is not None and fmt in IO_DTYPES and dtype not in IO_DTYPES[fmt]:
+        raise PfdeployError(f"engine manifest says input {name!r} is {dtype}, which a {fmt} engine cannot take; "
+                            "rebuild the engine with `pfdeploy build-engine --force`")
+    return spec_for_format(fmt, int(size), name=name, dtype=dtype, min_batch=int(batch["min"]),
+                           max_batch=int(batch["max"]))
 
 
 def check_plan(plan_path: Path, manifest: dict, environment: dict) -> None:
     """Refuse a plan whose bytes or build environment do not match (before TensorRT sees it)."""
-    from pfdeploy._io import sha256_file
-    from pfdeploy.engines.manifest import check_loadable
+    from pfdeploy.engines.manifest import check_loadable, check_plan_matches
 
-    recorded = (manifest.get("plan") or {}).get("sha256")
-    if recorded and recorded != sha256_file(plan_path):
-        raise PfdeployError(f"{plan_path} does not match its manifest (sha256 differs); the plan was replaced "
-                            "or truncated: rebuild it with `pfdeploy build-engine --force`")
+    check_plan_matches(plan_path, manifest)
     ok, reason = check_loadable(manifest, environment)
     if not ok:
         raise PfdeployError(f"cannot load {plan_path} here: {reason}")
@@ -86,19 +96,41 @@ class TensorRTSession(Session):
         super().__init__(spec, metadata_from_manifest(manifest), "cuda")
         self.path, self.manifest = path, manifest
         self._resources: list[Any] = []
-        self._open_engine(trt, path)
         self._use_graphs = cuda_graph
         self._graphs: dict[int, Any] = {}
+        self._graphless: set[int] = set()  # batch sizes whose capture failed: plain enqueue
+        try:
+            self._open_engine(trt, path)
+        except BaseException:
+            self._release()  # whatever was allocated before the failure
+            raise
+
+    def _own(self, resource):
+        self._resources.append(resource)
+        return resource
 
     def _open_engine(self, trt, path: Path) -> None:
-        from pfdeploy.runtime.cuda_memory import HostDeviceBuffer, Stream
+        from pfdeploy.runtime.cuda_memory import HostDeviceBuffer, Stream, current_device
 
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._trt_logger)
+        version_compatible = bool((self.manifest.get("build") or {}).get("version_compatible"))
+        if version_compatible:  # the plan carries TensorRT's lean runtime: host code TensorRT must be allowed to run
+            self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise PfdeployError(f"TensorRT could not deserialize {path}; rebuild it on this machine")
+            if version_compatible:
+                raise PfdeployError(
+                    f"TensorRT {getattr(trt, '__version__', '?')} could not deserialize the version-compatible "
+                    f"plan {path}, though its manifest matches this machine and host code was allowed; see "
+                    "TensorRT's message above (a plan from a newer TensorRT than this one does not load)")
+            raise PfdeployError(f"TensorRT could not deserialize {path}; rebuild it on this machine "
+                                "(`pfdeploy build-engine --force`)")
+        self._device_index = current_device()
         self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise PfdeployError(f"TensorRT could not create an execution context for {path}; check free GPU "
+                                "memory (nvidia-smi)")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -109,17 +141,16 @@ class TensorRTSession(Session):
         in_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._in_name)))
         if in_dtype.name != self.input_spec.dtype:
             raise PfdeployError(f"engine input is {in_dtype.name} but its manifest says {self.input_spec.dtype}; "
-                                "rebuild the engine")
+                                "rebuild the engine with `pfdeploy build-engine --force`")
         max_in = tuple(self._engine.get_tensor_profile_shape(self._in_name, 0)[2])
         self._set_shape(max_in)  # output shape at the profile's max batch sizes the output buffer
         max_out = tuple(self._context.get_tensor_shape(self._out_name))
         out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._out_name)))
-        self._stream = Stream()
-        self._input = HostDeviceBuffer(max_in, in_dtype)
-        self._output = HostDeviceBuffer(max_out, out_dtype)
-        self._resources = [self._input, self._output, self._stream]
-        self._bind(self._input.device.ptr)
-        self._context.set_tensor_address(self._out_name, self._output.device.ptr)
+        self._stream = self._own(Stream())
+        self._input = self._own(HostDeviceBuffer(max_in, in_dtype))
+        self._output = self._own(HostDeviceBuffer(max_out, out_dtype))
+        self._set_address(self._in_name, self._input.device.ptr)
+        self._set_address(self._out_name, self._output.device.ptr)
 
     # --- execution -----------------------------------------------------------------------------
 
@@ -128,72 +159,111 @@ class TensorRTSession(Session):
             raise PfdeployError(f"TensorRT rejected input shape {tuple(shape)}; the engine's profile is "
                                 f"{self.manifest.get('batch')}")
 
-    def _bind(self, ptr: int) -> None:
-        self._context.set_tensor_address(self._in_name, int(ptr))
+    def _set_address(self, name: str, ptr: int) -> None:
+        if not self._context.set_tensor_address(name, int(ptr)):
+            from pfdeploy.runtime.cuda_memory import ALIGNMENT
 
-    def _enqueue(self, batch: int) -> None:
-        """Queue execution of `batch` images already in the bound input memory."""
-        if self._use_graphs:
-            if batch not in self._graphs:
-                self._graphs[batch] = self._capture()
-            self._graphs[batch].launch()
-        elif not self._context.execute_async_v3(int(self._stream)):
+            why = f"it is not {ALIGNMENT}-byte aligned" if int(ptr) % ALIGNMENT else "see TensorRT's message above"
+            raise PfdeployError(f"TensorRT refused address {int(ptr):#x} for tensor {name!r} ({why}); IO tensors "
+                                f"need {ALIGNMENT}-byte aligned device memory on the engine's GPU")
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(int(self._stream)):
             raise PfdeployError("TensorRT execute_async_v3 failed; see the TensorRT log above")
 
-    def _capture(self):
-        """Capture execute_async_v3 for the current shape (after one plain run, as TensorRT requires)."""
-        from pfdeploy.runtime.cuda_memory import CudaGraph
+    def _enqueue(self, batch: int) -> None:
+        """Queue execution of `batch` images already in the session's input buffer."""
+        if self._use_graphs and batch not in self._graphless:
+            graph = self._graphs.get(batch) or self._capture(batch)
+            if graph is not None:
+                graph.launch()
+                return
+        self._execute()
 
-        if not self._context.execute_async_v3(int(self._stream)):
-            raise PfdeployError("TensorRT execute_async_v3 failed before CUDA graph capture")
+    def _capture(self, batch: int):
+        """Capture execute_async_v3 for the current shape (after one plain run, as TensorRT requires).
+
+        If the capture fails, the shape runs with plain enqueue from then on (None is returned): a
+        failed capture is ended and its error cleared by CudaGraph, never replayed.
+        """
+        from pfdeploy.runtime.cuda_memory import CudaGraph, GraphCaptureError
+
+        self._execute()
         self._stream.synchronize()
-        graph = CudaGraph(self._stream, lambda: self._context.execute_async_v3(int(self._stream)))
-        self._resources.append(graph)
+        try:
+            graph = CudaGraph(self._stream, lambda: self._context.execute_async_v3(int(self._stream)))
+        except GraphCaptureError as exc:
+            level = logging.DEBUG if self._graphless else logging.WARNING  # warn once per session
+            self._graphless.add(batch)
+            log.log(level, "%s for batch %d of %s; running it with plain enqueue instead (execute_async_v3)",
+                    exc, batch, self.path.name)
+            return None
+        self._graphs[batch] = self._own(graph)
         return graph
 
-    def _run(self, array: np.ndarray) -> np.ndarray:
-        n = array.shape[0]
-        self._set_shape(array.shape)
-        self._input.upload(np.ascontiguousarray(array), self._stream)
-        self._enqueue(n)
+    def _finish(self) -> np.ndarray:
         out = self._output.download(tuple(self._context.get_tensor_shape(self._out_name)), self._stream)
         self._stream.synchronize()
         return out.astype(np.float32, copy=True)
 
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        self._set_shape(array.shape)
+        self._input.upload(np.ascontiguousarray(array), self._stream)
+        self._enqueue(array.shape[0])
+        return self._finish()
+
     def _run_tensor(self, tensor: Any) -> np.ndarray:
         if not tensor.is_cuda:
             return self._run(tensor.detach().contiguous().numpy())
-        tensor = tensor.detach().contiguous()  # zero-copy: bind the tensor's own device memory
         import torch
 
-        torch.cuda.current_stream().synchronize()  # the tensor's producer may run on torch's stream
-        self._set_shape(tuple(tensor.shape))
-        self._bind(tensor.data_ptr())
+        tensor = tensor.detach()
+        if tensor.device.index != self._device_index:  # TensorRT reads only its own GPU's memory
+            tensor = tensor.to(torch.device("cuda", self._device_index))
+        tensor = tensor.contiguous()
+        torch.cuda.current_stream(tensor.device).synchronize()  # its producer may run on torch's stream
+        return self._run_device_pointer(tensor.data_ptr(), tuple(tensor.shape))
+
+    def _run_device_pointer(self, ptr: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Run a batch already in this GPU's memory at `ptr`: bound in place (zero-copy) when 256-byte
+        aligned, as TensorRT requires; otherwise copied on the device into the session's input buffer."""
+        from pfdeploy.runtime.cuda_memory import ALIGNMENT, copy_async, nbytes_of
+
+        self._set_shape(shape)
+        if int(ptr) % ALIGNMENT:
+            copy_async(self._input.device.ptr, int(ptr), nbytes_of(shape, self._input.host.dtype), "dtod",
+                       self._stream)
+            self._enqueue(shape[0])
+            return self._finish()
+        self._set_address(self._in_name, ptr)
         try:
-            if not self._context.execute_async_v3(int(self._stream)):
-                raise PfdeployError("TensorRT execute_async_v3 failed; see the TensorRT log above")
-            out = self._output.download(tuple(self._context.get_tensor_shape(self._out_name)), self._stream)
-            self._stream.synchronize()
+            self._execute()  # not a CUDA graph: those read the session's own input buffer
+            return self._finish()
         finally:
-            self._bind(self._input.device.ptr)
-        return out.astype(np.float32, copy=True)
+            self._set_address(self._in_name, self._input.device.ptr)
 
     def device_fn(self, batch: np.ndarray) -> Callable[[], None] | None:
-        n = batch.shape[0]
-        self._set_shape(batch.shape)
-        self._input.upload(np.ascontiguousarray(batch), self._stream)
-        self._stream.synchronize()
+        with self._lock:
+            self._set_shape(batch.shape)
+            self._input.upload(np.ascontiguousarray(batch), self._stream)
+            self._stream.synchronize()
 
         def run() -> None:
             with self._lock:
                 self._set_shape(batch.shape)
-                self._enqueue(n)
+                self._enqueue(batch.shape[0])
                 self._stream.synchronize()
 
         return run
 
     def _release(self) -> None:
-        for resource in reversed(self._resources):
-            resource.free()
-        self._resources, self._graphs = [], {}
+        resources, self._resources, self._graphs = self._resources, [], {}
+        failure = None
+        for resource in reversed(resources):  # graphs, then buffers, then the stream
+            try:
+                resource.free()
+            except PfdeployError as exc:  # free the rest before reporting
+                failure = failure or exc
         self._context = self._engine = self._runtime = None
+        if failure is not None:
+            raise failure

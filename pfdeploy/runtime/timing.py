@@ -8,6 +8,13 @@ from collections.abc import Callable
 import numpy as np
 
 
+def round_order(names: list[str], index: int) -> list[str]:
+    """The order of round `index`: `names` rotated by `index // 2`, reversed in odd rounds."""
+    shift = (index // 2) % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if index % 2 else order
+
+
 def time_interleaved(
     workloads: dict[str, Callable[[], object]],
     rounds: int = 7,
@@ -16,8 +23,10 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Seconds per call of each workload, one sample per round, workloads alternating.
 
-    Each round runs every workload in turn (the order rotates every round) for at least
-    `min_seconds`, recording the mean time per call. Returns {name: [seconds per call, ...]}.
+    Each round runs every workload in turn for at least `min_seconds`, recording the mean time per
+    call. The order rotates every round and runs backwards every other round, so no workload always
+    follows the same one (a workload's predecessor can move its time by about 10% on a shared
+    machine). Returns {name: [seconds per call, ...]}.
     """
     names = list(workloads)
     for name in names:
@@ -25,8 +34,7 @@ def time_interleaved(
             workloads[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in round_order(names, index):
             fn, calls, start = workloads[name], 0, time.perf_counter()
             while True:
                 fn()

@@ -3,16 +3,18 @@
 Input is what the matching ONNX graph takes (float32 NCHW, or uint8 NHWC normalized inside the
 session exactly as the `uint8-nhwc` graph does); logits come back as float32 NumPy. A CUDA tensor
 already on the session's device is used without a copy. On CUDA, `cuda_graph=True` captures one
-CUDA graph per input shape (replayed on later calls of that shape) and makes the session
+CUDA graph per input shape on the session's device (replayed on later calls of that shape).
 CPU sessions are thread-safe (the model is only read); CUDA sessions (one pinned staging buffer,
-CUDA graphs) serialize their calls with a lock.
+CUDA graphs) serialize their calls with a lock. FP32 on CUDA means FP32: TF32 convolutions and
+matmuls (on by default in PyTorch's cuDNN) are off inside the session's calls unless `tf32=True`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 COMPILE_MODES = {True: "default", "default": "default", "reduce-overhead": "reduce-overhead",
                  "max-autotune": "max-autotune"}
 HEAD_KEYS = ("fc.weight", "head.weight")
+
+
+@contextmanager
+def tf32_mode(allow: bool) -> Iterator[None]:
+    """Let (or stop) cuDNN convolutions and CUDA matmuls use TF32 inside the block; restores the
+    process-wide flags after it (a CUDA session holds its lock around every call)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32 = matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _torch_device(device: str) -> torch.device:
@@ -97,7 +112,8 @@ class TorchSession(Session):
 
     def __init__(self, model: torch.nn.Module, *, device: str = "cpu", precision: str = "fp32",
                  channels_last: bool = False, compile: bool | str = False, cuda_graph: bool = False,
-                 input_format: str = "float-nchw", metadata: dict[str, str] | None = None):
+                 input_format: str = "float-nchw", metadata: dict[str, str] | None = None,
+                 tf32: bool = False):
         if precision not in PRECISIONS:
             raise PfdeployError(f"torch backend precision must be one of {sorted(PRECISIONS)}, got "
                                 f"{precision!r} (INT8 runs through onnxruntime or tensorrt)")
@@ -120,6 +136,7 @@ class TorchSession(Session):
         self._mean = torch.tensor(pre.mean, device=self._device).view(1, 3, 1, 1) if pre else None
         self._std = torch.tensor(pre.std, device=self._device).view(1, 3, 1, 1) if pre else None
         self._cuda_graph = cuda_graph
+        self._tf32 = bool(tf32)
         self.thread_safe = self._device.type == "cpu"  # CUDA: shared pinned buffer and graphs
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._pinned: torch.Tensor | None = None
@@ -131,31 +148,37 @@ class TorchSession(Session):
         if self.input_spec.dtype == "uint8":  # same arithmetic as normalize_uint8 / the uint8 graph
             x = (x.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
         x = x.to(dtype=self._dtype, memory_format=self._memory_format)
-        with torch.no_grad():
+        math_mode = tf32_mode(self._tf32) if self._device.type == "cuda" else nullcontext()
+        with torch.no_grad(), math_mode:
             return self._model(x)
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         return self._graph_replay(x) if self._cuda_graph else self._forward(x)
 
     def _graph_replay(self, x: torch.Tensor) -> torch.Tensor:
-        """Replay (capturing on first use) the CUDA graph of x's shape."""
-        key = tuple(x.shape)
-        if key not in self._graphs:
-            static_in = x.clone()
-            side = torch.cuda.Stream(self._device)
-            side.wait_stream(torch.cuda.current_stream(self._device))
-            with torch.cuda.stream(side):  # warm-up outside capture, as torch.cuda.graph requires
-                for _ in range(3):
-                    self._forward(static_in)
-            torch.cuda.current_stream(self._device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._forward(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
+        """Replay (capturing on first use) the CUDA graph of x's shape, on the session's device."""
+        with torch.cuda.device(self._device):  # capture and replay on device N, whatever is current
+            key = tuple(x.shape)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(x)
+            graph, static_in, static_out = self._graphs[key]
+            static_in.copy_(x)
+            graph.replay()
+            return static_out
+
+    def _capture(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(graph, static input, static output) of one forward pass, captured on a stream of this device."""
+        static_in = x.clone()
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(side):  # warm-up outside capture, as torch.cuda.graph requires
+            for _ in range(3):
+                self._forward(static_in)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):  # not torch's shared default capture stream (device of first use)
+            static_out = self._forward(static_in)
+        return graph, static_in, static_out
 
     def _to_host(self, logits: torch.Tensor) -> np.ndarray:
         return logits.float().cpu().numpy()  # .cpu() synchronizes with the device
@@ -188,11 +211,13 @@ class TorchSession(Session):
     def device_fn(self, batch: np.ndarray) -> Callable[[], None] | None:
         if self._device.type != "cuda":
             return None
-        staged = self._stage(batch).clone()
+        with self._lock:  # the pinned staging buffer and the graphs are shared with session calls
+            staged = self._stage(batch).clone()
 
         def run() -> None:
-            self._compute(staged)
-            torch.cuda.synchronize(self._device)
+            with self._lock:
+                self._compute(staged)
+                torch.cuda.synchronize(self._device)
 
         return run
 

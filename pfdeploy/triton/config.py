@@ -1,6 +1,7 @@
 """Triton `config.pbtxt` from an ArtifactSpec: a plain dict, then protobuf text format.
 
-`config_from_spec` decides the contents (batching, instance groups, CUDA graphs for engines);
+`config_from_spec` decides the contents (batching, instance groups, CUDA graphs for engines,
+Triton's OpenVINO backend for ONNX files served with `backend="openvino"`);
 `pbtxt_from_config` only renders the dict. The result parses into Triton's ModelConfig protobuf
 (see `pfdeploy.triton.validate`).
 """
@@ -15,6 +16,9 @@ from pfdeploy.triton.spec import TENSORRT_PLATFORM, ArtifactSpec
 
 DEVICES = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 DEFAULT_ONNX_MAX_BATCH = 32
+#: How Triton runs an .onnx file: its ONNX Runtime backend (platform onnxruntime_onnx) or its OpenVINO one.
+SERVING_BACKENDS = ("onnxruntime", "openvino")
+OPENVINO_BACKEND = "openvino"  # ArtifactSpec.platform of an ONNX file served by Triton's OpenVINO backend
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,16 @@ class TritonOptions:
 def model_name_for(spec: ArtifactSpec) -> str:
     """Triton model name: the file stem with dots and odd characters as `_`, `_trt` for engines."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", spec.path.stem).strip("_") or "model"
-    return f"{stem}_trt" if spec.platform == TENSORRT_PLATFORM else stem
+    suffix = {TENSORRT_PLATFORM: "_trt", OPENVINO_BACKEND: "_openvino"}.get(spec.platform, "")
+    return stem + suffix
+
+
+def openvino_parameters(instances: int) -> list[dict]:
+    """Parameters of Triton's OpenVINO backend: one stream per model instance; one instance runs with
+    PERFORMANCE_HINT LATENCY (every core on each request, as pfdeploy's openvino runtime does), several
+    with THROUGHPUT (the backend's documented throughput setup: streams = instances)."""
+    values = {"NUM_STREAMS": str(instances), "PERFORMANCE_HINT": "LATENCY" if instances == 1 else "THROUGHPUT"}
+    return [{"key": key, "value": {"string_value": value}} for key, value in values.items()]
 
 
 def resolve_max_batch(spec: ArtifactSpec, requested: int | None) -> int:
@@ -89,13 +102,19 @@ def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | Non
     if options.device not in DEVICES:
         raise PfdeployError(f"unknown device {options.device!r}; use one of {sorted(DEVICES)}")
     engine = spec.platform == TENSORRT_PLATFORM
+    openvino = spec.platform == OPENVINO_BACKEND
     if engine and options.device == "cpu":
         raise PfdeployError(f"{spec.path}: a TensorRT engine runs on a GPU only; use --device gpu or auto")
+    if openvino and options.device == "gpu":
+        raise PfdeployError(f"{spec.path}: Triton's OpenVINO backend runs on the CPU here; use --device cpu or "
+                            "auto, or --backend onnxruntime for a GPU")
     max_batch = resolve_max_batch(spec, options.max_batch)
     batched = max_batch > 0
+    serving = ({"backend": OPENVINO_BACKEND, "default_model_filename": spec.filename} if openvino
+               else {"platform": spec.platform})
     config: dict = {
         "name": name,
-        "platform": spec.platform,
+        **serving,
         "max_batch_size": max_batch,
         "input": [_tensor_entry(t, batched) for t in spec.inputs],
         "output": [_tensor_entry(t, batched) for t in spec.outputs],
@@ -107,8 +126,11 @@ def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | Non
             "preferred_batch_size": preferred_batch_sizes(spec, max_batch, options.preferred_batch),
             "max_queue_delay_microseconds": options.queue_delay_us,
         }
-    kind = "KIND_GPU" if engine and options.device == "auto" else DEVICES[options.device]
+    auto_kind = "KIND_GPU" if engine else "KIND_CPU" if openvino else DEVICES["auto"]
+    kind = auto_kind if options.device == "auto" else DEVICES[options.device]
     config["instance_group"] = [{"count": options.instances, "kind": kind}]
+    if openvino:
+        config["parameters"] = openvino_parameters(options.instances)
     if engine and options.cuda_graphs:
         sizes = preferred_batch_sizes(spec, max_batch, options.preferred_batch) if batched else []
         cuda: dict = {"graphs": True}

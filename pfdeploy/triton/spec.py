@@ -31,11 +31,11 @@ TRITON_DTYPES = {
     "STRING": "TYPE_STRING",
     "BFLOAT16": "TYPE_BF16",
 }
-# numpy / TensorRT spellings used in engine manifests -> the ONNX names above.
+# numpy / TensorRT spellings (engine manifests, GraphTensor dtypes) -> the ONNX names above.
 DTYPE_ALIASES = {
     "float32": "FLOAT", "fp32": "FLOAT", "float": "FLOAT", "half": "FLOAT16", "float16": "FLOAT16",
     "fp16": "FLOAT16", "bfloat16": "BFLOAT16", "bf16": "BFLOAT16", "float64": "DOUBLE", "double": "DOUBLE",
-    "int8": "INT8", "uint8": "UINT8", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
+    "int8": "INT8", "uint8": "UINT8", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "object": "STRING",
 }
 
 
@@ -79,12 +79,10 @@ def triton_dtype(name: str) -> str:
     return TRITON_DTYPES[key]
 
 
-def _tensor_from_value_info(info) -> TensorSpec:
-    import onnx
-
-    ttype = info.type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in ttype.shape.dim)
-    return TensorSpec(info.name, triton_dtype(onnx.TensorProto.DataType.Name(ttype.elem_type)), dims)
+def _tensor_from_graph(tensor) -> TensorSpec:
+    """TensorSpec of a pfdeploy._onnxgraph.GraphTensor (-1 for every dimension that is not fixed)."""
+    dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in tensor.dims)
+    return TensorSpec(tensor.name, triton_dtype(tensor.dtype), dims)
 
 
 def _batch_dynamic(tensors: tuple[TensorSpec, ...]) -> bool:
@@ -94,12 +92,12 @@ def _batch_dynamic(tensors: tuple[TensorSpec, ...]) -> bool:
 def spec_from_onnx(path: str | Path) -> ArtifactSpec:
     """The ArtifactSpec of an ONNX file (graph inputs that are not initializers, graph outputs)."""
     from pfdeploy._onnxfile import load_onnx
+    from pfdeploy._onnxgraph import graph_inputs, graph_outputs
 
     model = load_onnx(path, external_data=False, fix="run `pfdeploy export` or `pfdeploy deploy` first")
     path = Path(path)
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = tuple(_tensor_from_value_info(i) for i in model.graph.input if i.name not in initializers)
-    outputs = tuple(_tensor_from_value_info(o) for o in model.graph.output)
+    inputs = tuple(_tensor_from_graph(t) for t in graph_inputs(model))
+    outputs = tuple(_tensor_from_graph(t) for t in graph_outputs(model))
     meta = {p.key: p.value for p in model.metadata_props}
     return ArtifactSpec(path, ONNX_PLATFORM, inputs, outputs, _batch_dynamic(inputs + outputs), None, meta)
 
@@ -117,16 +115,20 @@ def _tensors_from_manifest(entries, where: Path) -> tuple[TensorSpec, ...]:
 def spec_from_engine(path: str | Path) -> ArtifactSpec:
     """The ArtifactSpec of a TensorRT engine, from its `<plan>.json` manifest (never the plan bytes).
 
-    Needs no TensorRT. The batch profile comes from the manifest; tensor names and dtypes from the
-    manifest's `io` section when present, else from the source ONNX it names, found beside the plan
-    and checked by sha256 (a strongly typed engine keeps the ONNX graph's inputs and outputs).
+    Needs no TensorRT. The plan must be the one its manifest vouches for (sha256), so a replaced or
+    truncated plan is refused before it is copied anywhere. The batch profile comes from the manifest;
+    tensor names and dtypes from the manifest's `io` section (written by `pfdeploy build-engine`), or,
+    for a manifest without one, from the source ONNX it names, found beside the plan and checked by
+    sha256 (a strongly typed engine keeps the ONNX graph's inputs and outputs).
     """
-    from pfdeploy.engines.manifest import read_manifest
+    from pfdeploy.engines.manifest import check_plan_matches, read_manifest
 
     path = Path(path)
     if not path.is_file():
         raise PfdeployError(f"{path}: no such engine; build it with `pfdeploy build-engine`")
-    return spec_from_manifest(read_manifest(path), path)
+    manifest = read_manifest(path)
+    check_plan_matches(path, manifest)
+    return spec_from_manifest(manifest, path)
 
 
 def _io_from_source_onnx(manifest: dict, path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

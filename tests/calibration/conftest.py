@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 
 from pfdeploy.calibration.fixtures import get_fixture
-
-# tests/triton/ would shadow the `triton` package as an empty namespace package and break
-# torch.onnx.export (see tests/runtime/conftest.py); hide it the same way.
-_triton = importlib.util.find_spec("triton") if "triton" not in sys.modules else None
-if _triton is not None and _triton.origin is None:
-    sys.modules["triton"] = None
 
 
 @pytest.fixture(scope="session")

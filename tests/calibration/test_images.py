@@ -124,3 +124,28 @@ def test_bad_arrays_are_refused(tmp_path):
     (tmp_path / "c.npy").write_bytes(b"garbage")
     with pytest.raises(PfdeployError, match="not a readable"):
         load_batch(tmp_path / "c.npy", PRE)
+
+
+def test_a_link_back_to_the_parent_is_not_a_class(tmp_path, caplog):
+    """`self -> .` (and any link into or above the source) is no class: eval would score it 100%."""
+    _write(tmp_path / "cat", 2)
+    _write(tmp_path / "dog", 3)
+    (tmp_path / "self").symlink_to(".")
+    (tmp_path / "up").symlink_to("..")
+    (tmp_path / "dog" / "loop").symlink_to("..")  # a loop inside a class
+    (tmp_path / "dog" / "cats").symlink_to("../cat")  # another class's images under this one
+    with caplog.at_level("WARNING"):
+        _, labels, stats = load_labeled(tmp_path, PRE)
+    assert stats.classes == ["cat", "dog"] and sorted(labels.tolist()) == [0, 0, 1, 1, 1]
+    assert stats.found == 5 and "link back into the image source" in caplog.text
+
+
+def test_class_folders_linked_from_elsewhere_still_count(tmp_path):
+    elsewhere = tmp_path / "store"
+    _write(elsewhere / "cat", 2)
+    (elsewhere / "cat" / "again").symlink_to(".")  # a loop outside the source: followed once, no hang
+    root = tmp_path / "data"
+    _write(root / "dog", 1)
+    (root / "cat").symlink_to(elsewhere / "cat")
+    _, labels, stats = load_labeled(root, PRE)
+    assert stats.classes == ["cat", "dog"] and labels.tolist() == [0, 0, 1]

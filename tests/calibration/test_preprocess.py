@@ -45,3 +45,34 @@ def test_normalize_matches_formula():
 def test_round_trip_through_dict():
     pre = preprocess_for("vit_s_max")
     assert Preprocess.from_dict(pre.to_dict()) == pre and pre.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"std": (0.0, 0.2, 0.2)}, "std must be positive"),
+    ({"std": (0.2, 0.2)}, "std must be three finite numbers"),
+    ({"mean": (0.5,)}, "mean must be three finite numbers"),
+    ({"mean": (float("nan"), 0.5, 0.5)}, "mean must be three finite numbers"),
+    ({"crop_pct": 0.0}, "crop_pct must be in (0, 1]"),
+    ({"crop_pct": 1.5}, "crop_pct must be in (0, 1]"),
+    ({"size": 0}, "size must be an integer >= 1"),
+    ({"size": 2.5}, "size must be an integer >= 1"),
+    ({"interpolation": "lanczos"}, "interpolation must be one of bicubic, bilinear, nearest"),
+])
+def test_bad_preprocess_is_refused_naming_the_key(changes, message):
+    from pfdeploy.errors import PfdeployError
+
+    with pytest.raises(PfdeployError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        Preprocess(**changes)
+    with pytest.raises(PfdeployError, match="bad preprocess"):
+        Preprocess.from_dict({**Preprocess().to_dict(), **{k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in changes.items()}})
+
+
+def test_from_dict_refuses_what_is_not_a_preprocess():
+    from pfdeploy.errors import PfdeployError
+
+    with pytest.raises(PfdeployError, match="unknown key"):
+        Preprocess.from_dict({"size": 8, "sdt": [1, 1, 1]})
+    with pytest.raises(PfdeployError, match="expected a JSON object"):
+        Preprocess.from_dict([8, 1.0])
+    assert Preprocess.from_dict({"size": 8, "mean": [0.5, 0.5, 0.5]}).mean == (0.5, 0.5, 0.5)

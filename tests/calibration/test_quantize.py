@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from export_helpers import tiny
+from export_helpers import TINY_GRAPHS, perturbed_checkpoint, tiny
 from onnx import TensorProto, numpy_helper
 from PIL import Image
 
@@ -16,8 +16,11 @@ from pfdeploy._io import sha256_file
 from pfdeploy.calibration import int8_from_onnx
 from pfdeploy.calibration.fixtures import get_fixture, list_fixtures
 from pfdeploy.calibration.qdq import ort_kernel_report, placement_report
+from pfdeploy.engines.trt_check import trt_violations
 from pfdeploy.errors import PfdeployError
-from pfdeploy.models import get_config, list_models
+from pfdeploy.export import describe_onnx, onnx_from_model
+from pfdeploy.models import get_config
+from pfdeploy.runtime.verify import compare_logits
 
 DIGITS = Path(__file__).resolve().parents[1] / "fixtures" / "digits"
 FIXTURES = list_fixtures()
@@ -86,10 +89,8 @@ def test_tensorrt_graph_is_symmetric_int8_per_channel_weights(name, fixture_onnx
     model = onnx.load(out)
     onnx.checker.check_model(model)
     weights = 0
+    assert [str(v) for v in trt_violations(model)] == []  # TensorRT's documented ONNX support
     for node, weight, zp in _zero_points(model):
-        if zp.data_type == TensorProto.INT32:  # bias: int32, zero point 0
-            assert not numpy_helper.to_array(zp).any()
-            continue
         assert zp.data_type == TensorProto.INT8 and not numpy_helper.to_array(zp).any(), node.name
         if weight is not None and weight.data_type == TensorProto.INT8 and len(weight.dims) > 1:
             weights += 1
@@ -150,21 +151,101 @@ def test_second_quantize_reuses_cached_ranges(fixture_onnx, tmp_path, caplog):
     assert first.read_bytes() == second.read_bytes() and third.is_file()
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_quantizes(name, tmp_path):
-    """Cheap form of every registry entry (same layer types): the INT8 graph runs and keeps its pools INT8."""
-    from pfdeploy.export import onnx_from_model
+def _tiny_fp32(name: str, folder: Path, **kwargs) -> Path:
+    """The tiny form of `name`, 10 classes, exported from a perturbed checkpoint (logits with a real range)."""
+    ckpt = folder / f"{name}.pth"
+    if not ckpt.exists():
+        perturbed_checkpoint(name, ckpt, {**tiny(name), "num_classes": 10})
+    suffix = "".join(f".{k}{v}" for k, v in sorted(kwargs.items()))
+    return onnx_from_model(name, folder / f"{name}{suffix}.onnx", checkpoint=ckpt, num_classes=10,
+                           overrides=tiny(name), **kwargs)
 
-    fp32 = onnx_from_model(name, tmp_path / "m.onnx", num_classes=10, overrides=tiny(name))
-    out = int8_from_onnx(fp32, DIGITS / "calib", num_images=16, method="minmax", cache_dir=tmp_path)
-    assert out.name == "m.int8.onnx"
+
+def _logits(path: Path, images: np.ndarray) -> np.ndarray:
+    from pfdeploy.runtime.ort_options import ort_session_from_onnx
+
+    return ort_session_from_onnx(path).run(None, {"input": images})[0]
+
+
+def _digits(path: Path, count: int, seed: int = 1) -> np.ndarray:
+    """Held-out digits images preprocessed as the graph's metadata says: calibration-like inputs."""
+    from pfdeploy.calibration import load_batch
+    from pfdeploy.export.metadata import preprocess_from_metadata, read_metadata
+
+    return load_batch(DIGITS / "val", preprocess_from_metadata(read_metadata(path)), num_images=count, seed=seed)
+
+
+@pytest.mark.parametrize("name", TINY_GRAPHS)
+def test_every_registered_model_quantizes_close_to_fp32(name, tmp_path):
+    """Every distinct graph (tiny form): the INT8 graph keeps its pools INT8, and on held-out images of
+    the calibration distribution its logits stay within verify's INT8 tolerances of the FP32 graph's."""
+    fp32 = _tiny_fp32(name, tmp_path)
+    out = int8_from_onnx(fp32, DIGITS / "calib", num_images=32, method="minmax", cache_dir=tmp_path)
+    assert out.name == f"{fp32.stem}.int8.onnx"
+    assert [str(v) for v in trt_violations(out)] == []  # biases stay float: no INT32 DequantizeLinear
     report = placement_report(onnx.load(out))
     if get_config(name).pf_layers:
         assert report["int8"].get("MaxPool", 0) > 0 and "MaxPool" not in report["float"]
+    images = _digits(fp32, 64)
+    stats = compare_logits(_logits(fp32, images), _logits(out, images), "int8")
+    assert stats["passed"] and stats["top1"] >= 0.9, stats
+
+
+def test_fixed_batch_graph_calibrates_at_its_batch(tmp_path):
+    """`export --batch 4` then quantize: calibration runs at batch 4, the last batch filled up with
+    copies of real images, which leaves min-max ranges exactly those of the dynamic-batch export."""
+    dynamic, fixed = _tiny_fp32("r50_hybrid", tmp_path), _tiny_fp32("r50_hybrid", tmp_path, batch=4)
+    args = {"num_images": 10, "method": "minmax", "cache_dir": tmp_path}  # 10 images: batches of 4, 4 and 2 + 2
+    int8_dynamic = int8_from_onnx(dynamic, DIGITS / "calib", **args)
+    int8_fixed = int8_from_onnx(fixed, DIGITS / "calib", **args)
+    assert describe_onnx(int8_fixed)["inputs"][0]["shape"] == [4, 3, 32, 32]
+
+    def scales(path):  # tensor names differ between the two exports; the ranges must not
+        return sorted(numpy_helper.to_array(i).tobytes() for i in onnx.load(path).graph.initializer
+                      if i.name.endswith("_scale"))
+
+    assert scales(int8_fixed) == scales(int8_dynamic)
+    images = _digits(fixed, 4)
+    np.testing.assert_allclose(_logits(int8_fixed, images), _logits(int8_dynamic, images), rtol=0, atol=1e-6)
+
+
+def test_graph_over_the_protobuf_limit_is_saved_with_external_data(tmp_path):
+    """Above protobuf's 2 GB limit (here: a limit of 0 bytes) the initializers go to `<name>.data`
+    beside the graph, which loads and runs as the in-memory graph does."""
+    from onnx import helper
+
+    from pfdeploy.calibration.quantize import _save
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
 
-    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    assert ort_session_from_onnx(out).run(None, {"input": x})[0].shape == (2, 10)
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 32])],
+                              [numpy_helper.from_array(weight, "w")])
+    _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "m.onnx", limit=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporaries left
+    assert onnx.load(tmp_path / "m.onnx", load_external_data=False).graph.initializer[0].data_location == \
+        TensorProto.EXTERNAL
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_allclose(ort_session_from_onnx(tmp_path / "m.onnx").run(None, {"input": x})[0], x @ weight,
+                               rtol=1e-5)
+
+
+def test_graph_without_preprocess_metadata_calibrates_at_its_image_size(tmp_path):
+    """No pfdeploy.preprocess recorded: the image size comes from the input's spatial dims, for NHWC too."""
+    from onnx import helper
+
+    from pfdeploy.calibration.quantize import preprocess_of
+
+    for fmt, dims in (("float-nchw", ["N", 3, 48, 48]), ("uint8-nhwc", ["N", 48, 48, 3])):
+        elem = TensorProto.UINT8 if fmt == "uint8-nhwc" else TensorProto.FLOAT
+        graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("input", elem, dims)],
+                                  [helper.make_tensor_value_info("logits", elem, dims)])
+        model = helper.make_model(graph)
+        model.metadata_props.add(key="pfdeploy.input_format", value=fmt)
+        pre, got_fmt = preprocess_of(model, tmp_path / "m.onnx")
+        assert (pre.size, got_fmt) == (48, fmt)
 
 
 def test_already_quantized_graph_is_refused(fixture_onnx, tmp_path):
@@ -242,3 +323,36 @@ def test_uint8_nhwc_graph_calibrates_on_raw_bytes(tmp_path, top1):
     assert out.name == "u8.int8-cpu.onnx"
     images, labels, _ = load_labeled(fx.val_dir, fx.preprocess, layout="nhwc")
     assert top1(out, images, labels) >= top1(fp32, images, labels) - 1.0
+
+
+def test_a_corrupt_calibration_cache_is_a_miss(tmp_path, caplog):
+    """Truncated, edited or foreign JSON in the cache: logged, recomputed and overwritten, never a traceback."""
+    import os
+
+    from onnxruntime.quantization.calibrate import load_tensors_data
+    from tiny_graphs import calibration_array, conv_classifier, pfdeploy_metadata
+
+    model = conv_classifier(tmp_path / "m.onnx", pfdeploy_metadata())
+    calib = calibration_array(tmp_path / "calib.npy")
+
+    def quantize() -> Path:
+        return int8_from_onnx(model, calib, tmp_path / "m.int8.onnx", num_images=16, method="minmax",
+                              cache_dir=tmp_path / "cache")
+
+    reference = numpy_helper.to_array(onnx.load(quantize()).graph.initializer[0])
+    [cache] = (tmp_path / "cache" / "calibration").glob("*.json")
+    good = cache.read_bytes()
+    killed = cache.parent / ".calibcache_x1y2z3.tmp"  # what onnxruntime's writer left when a run was killed
+    killed.write_bytes(good[:10])
+    os.utime(killed, (0, 0))
+    for corrupt in (good[: len(good) // 2], b"[1, 2]", b'{"calibration_method": "Nope", "data": {}}', b"{}",
+                    b'{"calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"},'
+                    b' "data": {}}'):
+        cache.write_bytes(corrupt)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            out = quantize()
+        assert "is unreadable" in caplog.text and "recomputing" in caplog.text, corrupt
+        assert load_tensors_data(cache).data  # overwritten with readable ranges
+        np.testing.assert_array_equal(numpy_helper.to_array(onnx.load(out).graph.initializer[0]), reference)
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # no temporaries left

@@ -36,7 +36,7 @@ def deployed(tmp_path_factory):
 def test_report_is_consistent_with_the_artifacts(deployed):
     out, report = deployed
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
-    onnx_artifacts = [a for a in report["artifacts"] if a["format"] == "onnx"]
+    onnx_artifacts = [a for a in report["artifacts"] if a["format"] == "onnx" and a["backend"] == "onnxruntime"]
     assert [a["precision"] for a in onnx_artifacts] == ["fp32", "fp16", "int8"]
     for artifact in report["artifacts"]:
         path = out / artifact["file"]
@@ -44,6 +44,9 @@ def test_report_is_consistent_with_the_artifacts(deployed):
         assert sha256_file(path) == artifact["sha256"]
         if artifact["format"] == "onnx":
             assert read_metadata(path)["pfdeploy.precision"] == artifact["precision"]
+            check = artifact["tensorrt_check"]  # every graph here is meant for TensorRT
+            assert (check["checked"], check["passed"], check["violations"], check["trt_version"]) == (
+                True, True, [], "10.1")
         verify = artifact["verify"]
         assert verify["passed"], verify
         assert 0.0 <= verify["top1_agreement"] <= 1.0 and verify["max_abs"] >= 0.0
@@ -65,7 +68,7 @@ def test_report_is_consistent_with_the_artifacts(deployed):
     md = (out / "report.md").read_text()
     for artifact in report["artifacts"]:
         assert f"### {artifact['file']}" in md and f"{artifact['bytes'] / 1e6:.2f}" in md
-    assert "TensorRT engines:" in md
+    assert "TensorRT engines:" in md and "| TensorRT check |" in md and "PASS (10.1)" in md
     leftovers = [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".export"))]
     assert not leftovers
 
@@ -83,10 +86,49 @@ def test_second_run_reuses_everything(deployed, capsys):
     assert "Every step was reused" in printed and FIXTURE in printed
 
 
+def test_openvino_variants_are_verified_benchmarked_and_named_fastest(deployed):
+    """On a CPU machine with OpenVINO: the INT8 graph run by OpenVINO is a row of its own (verified against
+    PyTorch, evaluated, benched in the same run); bf16 is added where the CPU computes it, else skipped."""
+    pytest.importorskip("openvino", reason="the OpenVINO variants need pip install 'pfdeploy[openvino]'")
+    from pfdeploy._cpu import has_bf16
+
+    out, report = deployed
+    ov = [a for a in report["artifacts"] if a["backend"] == "openvino"]
+    by_precision = {a["precision"]: a for a in ov}
+    assert by_precision["int8"]["file"] == f"{FIXTURE}.int8.onnx"
+    assert by_precision["int8"]["label"] == f"{FIXTURE}.int8.onnx [openvino]"
+    assert ("bf16" in by_precision) == has_bf16()
+    if not has_bf16():
+        assert [s["variant"] for s in report["openvino"]["skipped"]] == ["bf16"]
+        assert "AVX512-BF16 or AMX" in report["openvino"]["skipped"][0]["reason"]
+    for artifact in ov:
+        assert artifact["verify"]["passed"] and artifact["accuracy"]["backend"] == "openvino"
+        assert artifact["accuracy"]["top1"] >= report["accuracy_reference"]["top1"] - 1.0
+        assert sorted(b["batch"] for b in artifact["bench"] if b["mode"] == "end_to_end") == [1, 4]
+    bench = json.loads((out / "bench.json").read_text())
+    assert {t["label"]: t["backend"] for t in bench["targets"]}[f"{FIXTURE}.int8.onnx [openvino]"] == "openvino"
+    assert {t["label"]: t["backend"] for t in bench["targets"]}[f"{FIXTURE}.int8.onnx"] == "onnxruntime"
+    fastest = report["fastest_verified"]
+    best = max((b["img_per_s"], a["label"]) for a in report["artifacts"] if a["verify"]["passed"]
+               for b in a["bench"] if b["batch"] == 4 and b["mode"] == "end_to_end")
+    assert (fastest["img_per_s"], fastest["label"], fastest["batch"]) == (*best, 4)
+    md = (out / "report.md").read_text()
+    assert f"### {FIXTURE}.int8.onnx [openvino]" in md and "Fastest verified artifact:" in md
+
+
 def test_changed_calibration_redoes_only_int8(deployed, tmp_path):
+    """Also: calibration images whose names are not UTF-8 (the fingerprint hashes the file system's bytes)."""
+    import os
+
+    from pfdeploy.calibration.fixtures import get_fixture
+
     out = tmp_path / "copy"
     shutil.copytree(deployed[0], out)
-    opts = options_for_fixture(FIXTURE, out, precisions=("fp32", "fp16", "int8"), **{**FAST, "calib_images": 32})
+    calib = shutil.copytree(get_fixture(FIXTURE).calib_dir, tmp_path / "calib")
+    first = next(p for p in sorted((calib / "3").iterdir()))
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-\xff.png"))  # Latin-1 bytes
+    opts = options_for_fixture(FIXTURE, out, precisions=("fp32", "fp16", "int8"), calib_data=calib,
+                               **{**FAST, "calib_images": 32})
     report = deploy(opts)
     reused = {s["step"]: s["reused"] for s in report["steps"]}
     assert reused["export fp32"] and reused["convert fp16"]
@@ -129,6 +171,28 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pfdeploy: error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_failed_verification_exits_1_with_and_without_json(deployed, tmp_path, capsys):
+    """INT8 calibrated on constant images fails verification: deploy says so and exits 1, also with --json."""
+    from PIL import Image
+
+    out, constant = tmp_path / "copy", tmp_path / "constant"
+    shutil.copytree(deployed[0], out)  # export and fp16 are reused: only INT8 and what follows are redone
+    constant.mkdir()
+    for i in range(8):
+        Image.new("L", (32, 32), 0).save(constant / f"{i}.png")
+    args = ["deploy", "--fixture", FIXTURE, "--precision", "fp32,fp16,int8", "--out", str(out), *CLI_FAST,
+            "--calib-data", str(constant), "--calib-images", "8"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert f"verification FAILED for {FIXTURE}.int8.onnx" in captured.err and "report.md" in captured.out
+    assert main([*args, "--json"]) == 1  # the same run (every step reused), reported as JSON
+    captured = capsys.readouterr()
+    passed = {a["label"]: a["verify"]["passed"] for a in json.loads(captured.out)["artifacts"]}
+    assert passed[f"{FIXTURE}.fp32.onnx"] and passed[f"{FIXTURE}.fp16.onnx"]
+    assert not passed[f"{FIXTURE}.int8.onnx"]
+    assert f"verification FAILED for {FIXTURE}.int8.onnx" in captured.err
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
@@ -178,6 +242,7 @@ def test_interrupt_leaves_only_finished_artifacts(tmp_path, monkeypatch):
     assert report["model"]["random_weights"] is True
     assert "RANDOM WEIGHTS" in (opts.out / "report.md").read_text()
     assert all(a["verify"]["passed"] for a in report["artifacts"])
+    assert all(a["tensorrt_check"]["passed"] for a in report["artifacts"])  # raw bytes go into a Cast first
     spec = spec_from_onnx(opts.out / "r50_hybrid.fp16.onnx")
     assert [(t.dtype, t.shape) for t in spec.inputs] == [("TYPE_UINT8", (-1, 32, 32, 3))]
 
@@ -189,7 +254,7 @@ def test_triton_repository_from_deployed_artifacts(deployed, tmp_path, capsys):
     from pfdeploy.triton.validate import parse_model_config
 
     out, report = deployed
-    files = [str(out / a["file"]) for a in report["artifacts"] if a["format"] == "onnx"]
+    files = [str(out / a["file"]) for a in report["artifacts"] if a["backend"] == "onnxruntime"]
     repo = tmp_path / "repo"
     assert main(["triton", *files, "--repo", str(repo), "--max-batch", "16", "--dynamic-batching",
                  "--instances", "2"]) == 0
@@ -229,3 +294,57 @@ def test_engines_are_built_verified_benchmarked_and_served(tmp_path):
         config = parse_model_config(model.config_path.read_text())
         assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
         assert config.optimization.cuda.graphs
+
+
+def test_tensorrt_check_failures_are_reported_and_the_cpu_graph_is_not_checked(tmp_path):
+    """The report's TensorRT check: a violation is listed by node and rule and fails the run; the
+    --int8-target cpu graph is for ONNX Runtime, so it is not checked."""
+    from types import SimpleNamespace
+
+    from pfdeploy.deploy.pipeline import trt_check_failures
+    from pfdeploy.deploy.report import markdown_from_report
+    from pfdeploy.deploy.steps import tensorrt_check
+
+    assert tensorrt_check(SimpleNamespace(int8_target="cpu"), tmp_path / "m.int8-cpu.onnx", "int8")["checked"] is False
+    bad = {"checked": True, "trt_version": "10.1", "source": "onnx-tensorrt docs", "passed": False,
+           "violations": [{"node": "fc.bias_DequantizeLinear", "op_type": "DequantizeLinear", "rule": "dq-input",
+                           "detail": "input 'fc.bias_quantized' is INT32"}]}
+    artifact = {"file": "m.int8.onnx", "format": "onnx", "precision": "int8", "bytes": 10, "sha256": "0" * 64,
+                "verify": {"passed": True}, "tensorrt_check": bad}
+    report = {"model": {"label": "m", "name": "m", "random_weights": True}, "artifacts": [artifact],
+              "options": {"precisions": ["int8"], "int8_target": "tensorrt"},
+              "engines": {"status": "skipped", "note": "no TensorRT"}, "environment": {}, "source_fp32": "m.onnx",
+              "created": "now", "steps": []}
+    assert trt_check_failures(report) == ["m.int8.onnx: node 'fc.bias_DequantizeLinear' (DequantizeLinear) "
+                                          "breaks dq-input (+0 more)"]
+    md = markdown_from_report(report)
+    assert "FAIL (1 violations)" in md and "`fc.bias_DequantizeLinear` (DequantizeLinear) breaks dq-input" in md
+
+
+def test_non_finite_logits_fail_deploy_and_verify(tmp_path, capsys):
+    """Finite weights whose logits overflow to Inf: every comparison with NaN/Inf is False, so no tolerance
+    trips by itself; deploy and verify must still fail, saying which side is not finite."""
+    import torch
+
+    from pfdeploy.models import create_model
+
+    overrides = {"layers": [1, 1, 1, 1], "base_width": 8, "img_size": 32}
+    state = create_model("r50", num_classes=4, **overrides).state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], 3e38)  # finite, but any sum of features overflows
+    ckpt = tmp_path / "overflow.pth"
+    torch.save(state, ckpt)
+    out = tmp_path / "out"
+    args = ["deploy", "r50", "--checkpoint", str(ckpt), "--num-classes", "4", "--precision", "fp32",
+            "--override", "layers=[1,1,1,1]", "--override", "base_width=8", "--override", "img_size=32",
+            "--verify-samples", "2", "--bench-batch", "1", "--bench-seconds", "0.02", "--out", str(out)]
+    assert main(args) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("pfdeploy: verification FAILED for r50.fp32.onnx: the PyTorch reference's logits are "
+                           "not finite"), line
+    report = json.loads((out / "report.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    verify = report["artifacts"][0]["verify"]
+    assert not verify["passed"] and verify["max_abs"] is None
+    assert main(["verify", str(out / "r50.fp32.onnx"), "--checkpoint", str(ckpt), "--samples", "2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("FAIL")
+    assert captured.err.strip().startswith("pfdeploy: error: verification FAILED: the PyTorch reference's logits")

@@ -30,3 +30,16 @@ def test_current_environment_on_a_gpu():
     major, minor = env["compute_capability"].split(".")
     assert int(major) >= 7 and minor.isdigit()
     assert env["gpu_name"] and env["cuda_runtime_version"].count(".") == 1
+
+
+def test_gpu_query_without_a_gpu_is_a_missing_dependency():
+    """The real cuda-python call (no GPU here: it returns an error code) becomes one clear line."""
+    pytest.importorskip("cuda.bindings", reason="needs cuda-python (a dev dependency)")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from pfdeploy.engines.environment import gpu_facts
+
+    with pytest.raises(MissingDependencyError, match="cudaGetDeviceCount failed with cudaError.*no usable CUDA GPU"):
+        gpu_facts()

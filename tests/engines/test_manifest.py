@@ -17,16 +17,18 @@ from pfdeploy.engines.engine import (
     save_engine,
 )
 from pfdeploy.engines.inspection import layer_info_path
-from pfdeploy.engines.manifest import check_loadable, manifest_path, read_manifest, reuse_key
+from pfdeploy.engines.manifest import check_loadable, manifest_path, read_manifest, reuse_key, write_manifest
+from pfdeploy.engines.options import BuildOptions
 from pfdeploy.errors import PfdeployError
 
 PLAN = b"not a real TensorRT plan: bytes standing in for the serialized engine"
 LAYERS = json.dumps({"Layers": [{"Name": "conv", "LayerType": "CaskConvolution"}], "Bindings": ["input"]})
 
 
-def _saved(make_onnx, env, tmp_path, **kwargs):
-    request = build_request(make_onnx(precision="int8"), tmp_path / "out" / "tiny.plan", **kwargs)
-    built = BuiltPlan(PLAN, b"cache-bytes", LAYERS if kwargs.get("inspect") else None)
+def _saved(make_onnx, env, tmp_path, batch=None, timing_cache=None, **options):
+    request = build_request(make_onnx(precision="int8"), tmp_path / "out" / "tiny.plan", BuildOptions(**options),
+                            batch=batch, timing_cache=timing_cache)
+    built = BuiltPlan(PLAN, b"cache-bytes", LAYERS if options.get("inspect") else None)
     return request, save_engine(request, env, built, build_seconds=1.25)
 
 
@@ -50,6 +52,9 @@ def test_manifest_contents(make_onnx, env_h100, tmp_path):
     assert m["batch"] == {"min": 2, "opt": 4, "max": 16}
     assert m["build"]["opt_level"] == 5 and m["build"]["hardware_compat"] == "none"
     assert m["build"]["version_compatible"] is False and m["build"]["inspect"] is True
+    assert m["build"]["tf32"] is False  # FP32 layers stay FP32 unless --tf32
+    assert m["io"] == {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 3, 8, 8]}],
+                       "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 5]}]}
     assert (
         m["environment"]["compute_capability"] == "9.0" and m["environment"]["tensorrt_version"] == "10.3.0"
     )
@@ -109,7 +114,7 @@ OPTION_CHANGES = [
     {"hardware_compat": "ampere+"},
     {"version_compatible": True},
     {"inspect": True},
-    {"batch": (1, 8, 33)},
+    {"tf32": True},
 ]
 
 
@@ -117,8 +122,30 @@ OPTION_CHANGES = [
 def test_every_build_option_changes_the_reuse_key(make_onnx, env_h100, change):
     path = make_onnx()
     base = request_key(build_request(path), env_h100)
-    assert request_key(build_request(path, **change), env_h100) != base
+    assert request_key(build_request(path, None, BuildOptions(**change)), env_h100) != base
+    assert request_key(build_request(path, batch=(1, 8, 33)), env_h100) != base
     assert request_key(build_request(path), env_h100) == base  # deterministic
+
+
+def test_build_options_cover_every_field_and_refuse_unknown_ones():
+    assert set(BuildOptions().to_dict()) == {next(iter(c)) for c in OPTION_CHANGES}
+    with pytest.raises(PfdeployError, match="unknown build option.*tf_32.*known: workspace_gib"):
+        BuildOptions.from_keywords(tf_32=True)
+    with pytest.raises(PfdeployError, match="tf32='yes': give True or False"):
+        BuildOptions(tf32="yes")
+
+
+def test_unreadable_or_newer_manifest_is_not_silently_rebuilt_over(make_onnx, env_h100, tmp_path):
+    request, result = _saved(make_onnx, env_h100, tmp_path)
+    newer = {**result.manifest, "manifest_version": 99}
+    write_manifest(result.path, newer)
+    with pytest.raises(PfdeployError, match="newer pfdeploy .*upgrade pfdeploy, or rebuild over it with --force"):
+        reusable_engine(request, env_h100)
+    result.manifest_path.write_text("{broken")
+    with pytest.raises(PfdeployError, match="not valid JSON.*--force"):
+        reusable_engine(request, env_h100)
+    result.manifest_path.unlink()  # a plan without a manifest is simply not reusable
+    assert reusable_engine(request, env_h100) is None
 
 
 def test_timing_cache_path_does_not_change_the_key(make_onnx, env_h100, tmp_path):

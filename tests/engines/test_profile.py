@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pfdeploy.engines.onnx_facts import InputSpec, onnx_facts
+from pfdeploy._onnxgraph import GraphTensor
+from pfdeploy.engines.onnx_facts import onnx_facts
 from pfdeploy.engines.profile import DEFAULT_BATCH, check_batch_range, parse_batch_range, profile_shapes
 from pfdeploy.errors import PfdeployError
 
@@ -28,7 +29,7 @@ def test_check_batch_range_rejects_non_integers():
 
 
 def test_dynamic_batch_takes_range_and_keeps_image_dims():
-    specs = [InputSpec("input", ("N", 3, 224, 224), "float32")]
+    specs = [GraphTensor("input", ("N", 3, 224, 224), "float32")]
     assert profile_shapes(specs, (1, 8, 32)) == {
         "input": {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
     }
@@ -36,12 +37,12 @@ def test_dynamic_batch_takes_range_and_keeps_image_dims():
 
 @pytest.mark.parametrize("dim0", [None, "batch", -1, 0])
 def test_every_spelling_of_a_dynamic_batch_gets_the_default(dim0):
-    shapes = profile_shapes([InputSpec("x", (dim0, 3, 8, 8), "float32")])
+    shapes = profile_shapes([GraphTensor("x", (dim0, 3, 8, 8), "float32")])
     assert [shapes["x"][k][0] for k in ("min", "opt", "max")] == list(DEFAULT_BATCH)
 
 
 def test_fixed_batch_is_kept_and_must_agree():
-    specs = [InputSpec("input", (4, 3, 8, 8), "float32")]
+    specs = [GraphTensor("input", (4, 3, 8, 8), "float32")]
     assert profile_shapes(specs)["input"]["max"] == [4, 3, 8, 8]
     assert profile_shapes(specs, (4, 4, 4))["input"]["min"] == [4, 3, 8, 8]
     with pytest.raises(PfdeployError, match="fixed batch of 4"):
@@ -50,23 +51,23 @@ def test_fixed_batch_is_kept_and_must_agree():
 
 def test_dynamic_spatial_dim_is_refused_with_the_fix():
     with pytest.raises(PfdeployError, match="dynamic dimension 2.*--img-size"):
-        profile_shapes([InputSpec("input", ("N", 3, "H", 8), "float32")], (1, 2, 4))
+        profile_shapes([GraphTensor("input", ("N", 3, "H", 8), "float32")], (1, 2, 4))
 
 
 def test_scalar_input_is_refused():
     with pytest.raises(PfdeployError, match="scalar"):
-        profile_shapes([InputSpec("s", (), "float32")])
+        profile_shapes([GraphTensor("s", (), "float32")])
 
 
 def test_bad_range_is_reported_even_for_a_valid_graph():
     with pytest.raises(PfdeployError, match="min <= opt <= max"):
-        profile_shapes([InputSpec("input", ("N", 3, 8, 8), "float32")], (8, 1, 32))
+        profile_shapes([GraphTensor("input", ("N", 3, 8, 8), "float32")], (8, 1, 32))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_onnx_facts_reads_inputs_metadata_and_precision(make_onnx, precision):
     facts = onnx_facts(make_onnx(precision=precision))
-    assert facts.inputs == (InputSpec("input", ("N", 3, 8, 8), "float32"),)
+    assert facts.inputs == (GraphTensor("input", ("N", 3, 8, 8), "float32"),)
     assert facts.metadata["pfdeploy.model"] == "tiny" and len(facts.sha256) == 64
     assert (facts.precision, facts.precision_source) == (precision, "metadata")
 

@@ -30,3 +30,45 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", "r50", "--opset", "11", "--output", str(tmp_path / "x.onnx")]) == 1
     assert "opset 11" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_of_a_narrow_checkpoint_with_num_classes_and_overrides(tmp_path, capsys):
+    import torch
+
+    from pfdeploy.export import read_metadata
+    from pfdeploy.models import create_model
+
+    overrides = {"layers": [1, 1, 1, 1], "base_width": 8, "img_size": 32}
+    ckpt = tmp_path / "narrow.pth"
+    torch.save(create_model("r50_hybrid", num_classes=4, **overrides).state_dict(), ckpt)
+    out = tmp_path / "narrow.onnx"
+    assert main(["export", "r50_hybrid", "--checkpoint", str(ckpt), "--num-classes", "4", "--override",
+                 "layers=[1,1,1,1]", "--override", "base_width=8", "--override", "img_size=32",
+                 "--output", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["pfdeploy.num_classes"] == "4" and json.loads(meta["pfdeploy.overrides"]) == overrides
+    capsys.readouterr()
+    assert main(["info", "--onnx", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["shape"] == ["batch", 4]
+    for bad, message in ((["--override", "base_width"], "KEY=VALUE"), (["--override", "no_such=1"], "bad override"),
+                         (["--num-classes", "0"], "--num-classes must be >= 1")):
+        assert main(["export", "r50_hybrid", *bad, "--output", str(tmp_path / "bad.onnx")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_export_outputs_are_checked_before_the_export(tmp_path, capsys):
+    ckpt = tmp_path / "weights.pth"
+    ckpt.write_bytes(b"not even read")
+    folder, plain = tmp_path / "folder", tmp_path / "plain"
+    folder.mkdir()
+    plain.write_text("x")
+    cases = [(["--output", str(folder)], "is a directory"),
+             (["--output", str(plain / "m.onnx")], "is a file, not a folder"),
+             (["--checkpoint", str(ckpt), "--output", str(ckpt)], "is the input")]
+    for args, message in cases:
+        assert main(["export", "r50", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert ckpt.read_bytes() == b"not even read" and list(folder.iterdir()) == []

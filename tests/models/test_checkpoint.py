@@ -106,3 +106,70 @@ def test_pos_embed_is_resized_for_another_image_size(tmp_path):
     torch.save(create_model("vit_ti_max").state_dict(), path)
     model = load_checkpoint(create_model("vit_ti_max", img_size=256), path)
     assert model.pos_embed.shape == (1, 256, 192)
+
+
+TINY_R50 = {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32}
+
+
+def _saved(tmp_path, change=None, model=None):
+    """Save a tiny r50's state_dict after `change(state)`; return the path."""
+    state = (model or create_model("r50", num_classes=4, **TINY_R50)).state_dict()
+    if change is not None:
+        change(state)
+    path = tmp_path / "changed.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("conv1.0.weight", float("nan"), "conv1.0.weight holds 1 NaN/Inf value"),
+    ("fc.bias", float("inf"), "fc.bias holds 1 NaN/Inf value"),
+    ("conv1.1.running_mean", float("-inf"), "conv1.1.running_mean holds 1 NaN/Inf value"),
+    ("conv1.1.running_var", -0.5, "conv1.1.running_var holds negative variances (min -0.5)"),
+])
+def test_non_finite_weights_and_negative_variances_are_refused(tmp_path, key, value, message):
+    def poison(state):
+        state[key].view(-1)[0] = value
+
+    path = _saved(tmp_path, poison)
+    with pytest.raises(PfdeployError) as err:
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool, torch.uint8])
+def test_integer_or_bool_tensors_for_floating_weights_are_refused(tmp_path, dtype):
+    def to_integer(state):
+        state["conv1.0.weight"] = (state["conv1.0.weight"] * 100).to(dtype)
+
+    path = _saved(tmp_path, to_integer)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(PfdeployError, match=f"conv1.0.weight is {name} where the model has float32"):
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), path)
+
+
+def test_precision_losing_casts_are_stated_and_integer_buffers_still_load(tmp_path, caplog):
+    source = create_model("r50", num_classes=4, **TINY_R50)
+    exact = _saved(tmp_path, lambda s: s.update({k: v.double() for k, v in s.items() if v.is_floating_point()}),
+                   model=source)
+    with caplog.at_level("WARNING"):
+        target = load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), exact)
+    assert "lose precision" not in caplog.text  # float32 values stored as float64: nothing lost
+    assert _same_weights(source, target)
+    assert target.state_dict()["conv1.1.num_batches_tracked"].dtype == torch.int64
+
+    def finer(state):
+        state["fc.weight"] = state["fc.weight"].double() + 1e-12
+
+    lossy = _saved(tmp_path, finer)
+    with caplog.at_level("WARNING"):
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), lossy)
+    assert "1 float64 tensor(s) (fc.weight, ...) lose precision as float32" in caplog.text
+    caplog.clear()
+    half = create_model("r50", num_classes=4, **TINY_R50).half()
+    with caplog.at_level("WARNING"):
+        load_checkpoint(half, _saved(tmp_path))
+    assert "float32 tensor(s)" in caplog.text and "lose precision as float16" in caplog.text
+    too_big = _saved(tmp_path, lambda s: s["fc.weight"].view(-1).__setitem__(0, 1e6))
+    with pytest.raises(PfdeployError, match="fc.weight holds values beyond the range of float16"):
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50).half(), too_big)

@@ -5,47 +5,44 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from export_helpers import TINY_GRAPHS, assert_close
 
 from pfdeploy.errors import PfdeployError
 from pfdeploy.models import list_models
 from pfdeploy.runtime import load
 from pfdeploy.runtime.torch_backend import TorchSession
 
-BIG = {"vit_b_max", "pit_b_max"}
+# The tolerances are relative to each reference's logit range (export_helpers.assert_close), not
+# floored at 1.0; the artifacts are exported from perturbed checkpoints (every weight non-trivial).
 
 
-def assert_same_logits(got: np.ndarray, ref: np.ndarray, tol: float = 1e-4) -> None:
-    scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(got, ref, rtol=0, atol=tol * scale)
-
-
-@pytest.mark.parametrize("name", list_models())
-def test_torch_and_onnxruntime_agree_on_every_model(cheap_onnx, name):
+@pytest.mark.parametrize("name", TINY_GRAPHS)
+def test_torch_and_onnxruntime_agree_on_every_model(cheap_onnx, cheap_checkpoint, name):
     path = cheap_onnx(name)
-    with load(path) as ort, load(path, backend="torch") as pt:
+    with load(path) as ort, load(path, backend="torch", checkpoint=cheap_checkpoint(name)) as pt:
         assert (ort.backend, pt.backend) == ("onnxruntime", "torch")
         assert ort.input_spec.shape == pt.input_spec.shape == (None, 3, 32, 32)
         assert ort.metadata["pfdeploy.model"] == pt.metadata["pfdeploy.model"] == name
         x = ort.input_spec.example(3, seed=7)
         ref = pt(x)
         assert ref.shape == (3, 10) and ref.dtype == np.float32
-        assert_same_logits(ort(x), ref)
-        assert np.abs(ref).max() > 0  # not a degenerate all-zero comparison
+        assert np.ptp(ref) > 0.05  # distinct logits: not a degenerate comparison
+        assert_close(ref, ort(x))
 
 
 @pytest.mark.parametrize("name", ["r50_hybrid", "vit_ti_max", "pit_ti_max"])
-def test_uint8_nhwc_artifacts_agree_and_declare_their_layout(cheap_onnx, name):
+def test_uint8_nhwc_artifacts_agree_and_declare_their_layout(cheap_onnx, cheap_checkpoint, name):
     path = cheap_onnx(name, input_format="uint8-nhwc")
-    with load(path) as ort, load(path, backend="torch") as pt:
+    with load(path) as ort, load(path, backend="torch", checkpoint=cheap_checkpoint(name)) as pt:
         for spec in (ort.input_spec, pt.input_spec):
             assert (spec.dtype, spec.layout, spec.shape) == ("uint8", "NHWC", (None, 32, 32, 3))
         x = ort.input_spec.example(2, seed=3)
-        assert_same_logits(ort(x), pt(x))
+        assert_close(pt(x), ort(x))
 
 
-def test_torch_tensors_give_the_numpy_result(cheap_onnx):
+def test_torch_tensors_give_the_numpy_result(cheap_onnx, cheap_checkpoint):
     path = cheap_onnx("vit_ti_max")
-    with load(path) as ort, load(path, backend="torch") as pt:
+    with load(path) as ort, load(path, backend="torch", checkpoint=cheap_checkpoint("vit_ti_max")) as pt:
         x = ort.input_spec.example(2, seed=5)
         t = torch.from_numpy(x)
         np.testing.assert_array_equal(ort(t), ort(x))
@@ -60,15 +57,15 @@ def test_static_batch_artifact_declares_its_batch(cheap_onnx):
             ort(ort.input_spec.example(3))
 
 
-def test_fp16_graph_stays_close_to_fp32_torch(cheap_onnx):
+def test_fp16_graph_stays_close_to_fp32_torch(cheap_onnx, cheap_checkpoint):
     path = cheap_onnx("r50_hybrid", precision="fp16")
-    with load(path) as ort, load(path, backend="torch") as pt:
+    with load(path) as ort, load(path, backend="torch", checkpoint=cheap_checkpoint("r50_hybrid")) as pt:
         assert ort.precision == "fp16" and ort.input_spec.dtype == "float32"  # FP32 IO kept
         x = ort.input_spec.example(4, seed=2)
         ref = pt(x)
         got = ort(x)
         assert not np.array_equal(got, ref)  # really computed in FP16
-        assert_same_logits(got, ref, tol=2e-2)
+        assert_close(ref, got, rel=2e-2)
 
 
 def test_torch_channels_last_and_registered_name(cheap):
@@ -77,7 +74,7 @@ def test_torch_channels_last_and_registered_name(cheap):
         model = plain._model
         with TorchSession(model, channels_last=True, metadata=plain.metadata) as cl:
             x = plain.input_spec.example(2)
-            assert_same_logits(cl(x), plain(x))
+            assert_close(plain(x), cl(x))
         assert plain.metadata["pfdeploy.checkpoint_sha256"] == "random"
         assert plain.metadata["pfdeploy.num_classes"] == "10" and plain(plain.input_spec.example(1)).shape == (1, 10)
         assert plain.preprocess.size == 32
@@ -99,16 +96,19 @@ def test_torch_compile_gives_the_eager_logits(cheap):
         with load(eager._model, compile=True) as compiled:
             assert compiled.metadata["pfdeploy.checkpoint_sha256"] == "in-memory"
             x = eager.input_spec.example(2)
-            assert_same_logits(compiled(x), eager(x))
+            assert_close(eager(x), compiled(x))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_real_size_models_agree(tmp_path, name):
+    from export_helpers import perturbed_checkpoint
+
     from pfdeploy.export import onnx_from_model
 
-    path = onnx_from_model(name, tmp_path / f"{name}.onnx")
-    with load(path) as ort, load(path, backend="torch") as pt:
+    ckpt = perturbed_checkpoint(name, tmp_path / "w.pth")
+    path = onnx_from_model(name, tmp_path / f"{name}.onnx", checkpoint=ckpt)
+    with load(path) as ort, load(path, backend="torch", checkpoint=ckpt) as pt:
         assert ort.input_spec.shape == (None, 3, 224, 224)
         x = ort.input_spec.example(2, seed=11)
-        assert_same_logits(ort(x), pt(x), tol=5e-4)
+        assert_close(pt(x), ort(x), rel=5e-4)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 
 from pfdeploy.cli import main
 from pfdeploy.errors import PfdeployError
 from pfdeploy.runtime import load
 from pfdeploy.runtime.bench import SCHEMA, benchmark, format_table, plot_throughput, rounds_for
+from pfdeploy.runtime.session import Session, spec_for_format
 
 
 @pytest.fixture(scope="module")
-def report(cheap_onnx):
+def report(cheap_onnx, cheap_checkpoint):
     dynamic, static = cheap_onnx("r50_hybrid"), cheap_onnx("r50", batch=2)
-    torch_session = load(dynamic, backend="torch")
+    torch_session = load(dynamic, backend="torch", checkpoint=cheap_checkpoint("r50_hybrid"))
     try:
         return benchmark([str(dynamic), str(static), ("torch", torch_session)], batches=(1, 2), seconds=0.05,
                          warmup=2)
@@ -43,7 +46,27 @@ def test_results_are_sane(report):
         lat = r["latency_ms"]
         assert r["calls"] >= 5
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
-        assert r["images_per_second"] == pytest.approx(r["batch"] * 1e3 / lat["mean"])
+
+
+class _SleepSession(Session):
+    """A session whose every call takes at least SLEEP seconds: a workload of known cost."""
+
+    SLEEP = 0.005
+
+    def __init__(self):
+        super().__init__(spec_for_format("float-nchw", 8), {})
+
+    def _run(self, array):
+        time.sleep(self.SLEEP)
+        return np.zeros((len(array), 2), np.float32)
+
+
+def test_figures_reflect_the_time_a_call_takes():
+    """Latencies in ms, never below the call's real cost; img/s counts the batch's images."""
+    result = benchmark([("sleep", _SleepSession())], batches=(4,), seconds=0.1, warmup=1)["results"][0]
+    lat, floor_ms = result["latency_ms"], 1e3 * _SleepSession.SLEEP
+    assert floor_ms <= lat["p50"] <= lat["p99"] < 20 * floor_ms
+    assert 4 / (20 * _SleepSession.SLEEP) < result["images_per_second"] <= 4 / _SleepSession.SLEEP
 
 
 def test_out_of_range_batch_is_skipped_with_a_reason(report):
@@ -94,3 +117,24 @@ def test_block_of_counts_every_call_but_the_first():
     calls, sink = [], []
     block_of(lambda: calls.append(1), 4, sink)()
     assert len(calls) == 4 and len(sink) == 3 and all(t >= 0 for t in sink)
+
+
+def test_a_first_plot_prints_nothing_of_matplotlib(tmp_path):
+    """On a first run matplotlib builds its font cache and logs "generated new fontManager"; under the
+    CLI's logging (INFO, stderr) none of that reaches the user."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='pfdeploy: %(message)s')\n"
+              "from pfdeploy.runtime.bench import plot_throughput\n"
+              "report = {'results': [{'label': 'a', 'mode': 'end_to_end', 'batch': 1, 'images_per_second': 9.0}],"
+              " 'environment': {'cpu': 'x'}}\n"
+              "plot_throughput(report, sys.argv[1])\n")
+    config = tmp_path / "mpl"  # empty: matplotlib's first run on this machine, as far as it knows
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p.png")], capture_output=True, text=True,
+                         env={**os.environ, "MPLCONFIGDIR": str(config)}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert any(config.glob("fontlist*.json"))  # the font cache was built in this run
+    assert (run.stdout, run.stderr) == ("", "")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

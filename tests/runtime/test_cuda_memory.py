@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +11,6 @@ import pytest
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 from pfdeploy.runtime import cuda_memory
 from pfdeploy.runtime.cuda_memory import cuda_call, nbytes_of
-
-HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None
 
 
 class FakeError(enum.IntEnum):  # the shape of cuda-python's cudaError_t
@@ -40,10 +38,12 @@ def test_nbytes_of():
         nbytes_of((-1, 3, 224, 224), np.float32)
 
 
-@pytest.mark.skipif(HAS_CUDA_PYTHON, reason="cuda-python is installed here")
-def test_missing_cuda_python_is_a_clear_error():
-    with pytest.raises(MissingDependencyError, match="pip install cuda-python"):
+def test_missing_cuda_python_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # as if cuda-python were not installed
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    with pytest.raises(MissingDependencyError, match="cuda-python") as exc:
         cuda_memory.cudart()
+    assert "tensorrt-cu12" in str(exc.value)
 
 
 @pytest.mark.gpu
@@ -110,3 +110,95 @@ def test_buffers_copies_and_graph_on_the_simulated_runtime(sim):
         resource.free()
     graph.free()  # idempotent
     assert sim.leaks() == 0
+
+
+def test_stream_handle_is_the_runtime_s_object(sim):
+    from sim_gpu import cudaStream_t
+
+    from pfdeploy.runtime.cuda_memory import Stream
+
+    stream = Stream()
+    assert isinstance(stream.handle, cudaStream_t) and not isinstance(stream.handle, int)
+    assert int(stream) == int(stream.handle) != 0
+    stream.free()
+    assert sim.leaks() == 0
+
+
+def test_allocations_are_256_byte_aligned(sim):
+    from pfdeploy.runtime.cuda_memory import HostDeviceBuffer
+
+    buffers = [HostDeviceBuffer((n, 3), np.float32) for n in (1, 5, 7)]
+    assert all(b.host.ptr % 256 == 0 and b.device.ptr % 256 == 0 for b in buffers)
+    for b in buffers:
+        b.free()
+
+
+def test_failed_device_allocation_frees_the_pinned_buffer(sim):
+    from pfdeploy.runtime.cuda_memory import HostDeviceBuffer
+
+    sim.fail_alloc_at = 2  # cudaMallocHost succeeds, cudaMalloc fails
+    with pytest.raises(PfdeployError, match="cudaMalloc failed with cudaErrorMemoryAllocation"):
+        HostDeviceBuffer((4, 3), np.float32)
+    assert sim.leaks() == 0
+
+
+def _capture_failures(sim, stream, buf):
+    """Work that fails during capture in the three ways the runtime reports it."""
+    from pfdeploy.runtime.cuda_memory import copy_async
+
+    def returns_false():  # an enqueue that reports failure (TensorRT's execute_async_v3 -> False)
+        return False
+
+    def invalidates():  # an operation illegal in capture: cudaStreamEndCapture then fails
+        copy_async(buf.device.ptr, buf.device.ptr, 16, "dtod", stream)
+        sim.cudaStreamSynchronize(stream.handle)
+
+    def raises():
+        copy_async(buf.device.ptr, buf.device.ptr, 16, "dtod", stream)
+        raise KeyboardInterrupt
+
+    return {"returns False": returns_false, "invalidates": invalidates, "raises": raises}
+
+
+@pytest.mark.parametrize("how", ["returns False", "invalidates", "raises"])
+def test_failed_capture_ends_the_capture_clears_the_error_and_leaks_nothing(sim, how):
+    from pfdeploy.runtime.cuda_memory import CudaGraph, GraphCaptureError, HostDeviceBuffer, Stream
+
+    stream = Stream()
+    buf = HostDeviceBuffer((4, 4), np.float32)
+    work = _capture_failures(sim, stream, buf)[how]
+    with pytest.raises(KeyboardInterrupt if how == "raises" else GraphCaptureError):
+        CudaGraph(stream, work)
+    assert not sim.capturing and int(sim.cudaPeekAtLastError()[0]) == 0  # capture ended, error cleared
+    assert not sim.graphs and not sim.execs  # nothing half-made kept
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    buf.upload(x, stream)  # the stream works normally afterwards
+    out = buf.download(x.shape, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(out, x)
+    for resource in (buf, stream):
+        resource.free()
+    assert sim.leaks() == 0
+
+
+@pytest.mark.gpu
+def test_real_capture_failure_is_recovered_on_the_gpu():
+    pytest.importorskip("cuda.bindings", reason="needs cuda-python (cuda.bindings) on the GPU machine")
+    from pfdeploy.runtime.cuda_memory import CudaGraph, GraphCaptureError, HostDeviceBuffer, Stream, cudart
+
+    rt = cudart()
+    stream = Stream()
+    buf = HostDeviceBuffer((4, 64), np.float32)
+    try:
+        assert buf.device.ptr % 256 == 0 and buf.host.ptr % 256 == 0  # what TensorRT needs
+        with pytest.raises(GraphCaptureError):
+            CudaGraph(stream, lambda: rt.cudaStreamSynchronize(stream.handle))  # illegal in capture
+        assert int(rt.cudaPeekAtLastError()[0]) == 0
+        x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+        buf.upload(x, stream)
+        out = buf.download(x.shape, stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(out, x)
+    finally:
+        buf.free()
+        stream.free()

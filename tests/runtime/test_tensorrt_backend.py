@@ -70,7 +70,6 @@ def test_engine_without_manifest_is_refused(tmp_path):
 
 
 def test_engine_on_a_machine_without_tensorrt(tmp_path):
-    pytest.importorskip("numpy")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here")
@@ -107,43 +106,75 @@ def test_engine_matches_onnxruntime(cheap_onnx, tmp_path, cuda_graph):
             trt(ort.input_spec.example(9))
 
 
+@pytest.mark.tensorrt
+def test_real_version_compatible_engine_takes_a_misaligned_cuda_view(cheap_onnx, tmp_path):
+    import torch
+    from export_helpers import assert_close
+
+    from pfdeploy.engines import engine_from_onnx
+
+    onnx_path = cheap_onnx("r50_hybrid")
+    plan = engine_from_onnx(onnx_path, tmp_path / "vc.plan", batch=(1, 4, 8), version_compatible=True,
+                            progress=False).path
+    with load(onnx_path) as ort, load(plan, cuda_graph=True) as trt:  # opens only with host code allowed
+        x = ort.input_spec.example(5)
+        buffer = torch.empty(x.size + 1, device="cuda")
+        view = buffer[1:].view(x.shape)  # 4 bytes past cudaMalloc's alignment: TensorRT cannot bind it
+        view.copy_(torch.from_numpy(x))
+        assert view.data_ptr() % 256 != 0
+        assert_close(ort(x), trt(view), rel=1e-3)
+        assert_close(ort(x), trt(x), rel=1e-3)
+
+
+# --- the session logic on the simulated CUDA runtime and TensorRT (tests/runtime/sim_gpu.py) ---------
+
+
 @pytest.fixture
 def sim_engine(monkeypatch, tmp_path):
-    """A plan + manifest run by the simulated TensorRT/CUDA runtime (tests/runtime/sim_gpu.py)."""
+    """make(plan=b"SIMPLAN", version_compatible=False, io_dtype=None, **SimTensorRT kwargs) ->
+    (plan path, SimCudart, SimTensorRT): a plan + manifest run by the simulated runtime."""
     from sim_gpu import SimCudart, SimTensorRT
 
     import pfdeploy.engines.environment as environment
     from pfdeploy.runtime import cuda_memory
 
-    cudart = SimCudart()
-    trt = SimTensorRT(cudart, image_shape=(3, 8, 8), classes=5, max_batch=8)
     env = {"tensorrt_version": "10.9.0", "compute_capability": "9.0", "gpu_name": "NVIDIA H100"}
+    cudart = SimCudart()
     monkeypatch.setattr(cuda_memory, "cudart", lambda: cudart)
-    monkeypatch.setattr(environment, "require_tensorrt", lambda: trt)
     monkeypatch.setattr(environment, "current_environment", lambda device=0: env)
-    plan = tmp_path / "sim.plan"
-    plan.write_bytes(b"SIMPLAN")
-    data = manifest(plan_sha=sha256_file(plan))
-    data["profile"] = {"input": {"min": [1, 3, 8, 8], "opt": [8, 3, 8, 8], "max": [8, 3, 8, 8]}}
-    data["environment"] = env
-    (tmp_path / "sim.plan.json").write_text(json.dumps(data))
-    return plan, cudart, trt
+
+    def make(plan_bytes=b"SIMPLAN", version_compatible=False, io_dtype=None, **kwargs):
+        trt = SimTensorRT(cudart, image_shape=(3, 8, 8), classes=5, max_batch=8, **kwargs)
+        monkeypatch.setattr(environment, "require_tensorrt", lambda: trt)
+        plan = tmp_path / "sim.plan"
+        plan.write_bytes(plan_bytes)
+        data = manifest(plan_sha=sha256_file(plan))
+        data["profile"] = {"input": {"min": [1, 3, 8, 8], "opt": [8, 3, 8, 8], "max": [8, 3, 8, 8]}}
+        data["environment"] = env
+        data["build"] = {"version_compatible": version_compatible, "hardware_compat": "none"}
+        if io_dtype is not None:
+            data["io"] = {"inputs": [{"name": "input", "dtype": io_dtype, "shape": [-1, 3, 8, 8]}],
+                          "outputs": [{"name": "logits", "dtype": io_dtype, "shape": [-1, 5]}]}
+        (tmp_path / "sim.plan.json").write_text(json.dumps(data))
+        return plan, cudart, trt
+
+    return make
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_session_flow_on_the_simulated_runtime(sim_engine, cuda_graph):
     import torch
 
-    plan, cudart, trt = sim_engine
+    plan, cudart, trt = sim_engine()
     session = load(plan, cuda_graph=cuda_graph)
     assert session.device == "cuda" and session.input_spec.max_batch == 8 and not session.thread_safe
     assert session.metadata["pfdeploy.precision"] == "int8"
     assert cudart.calls[:4] == ["cudaMallocHost", "cudaMalloc", "cudaMallocHost", "cudaMalloc"]
     for batch in (1, 5, 8, 5, 1):
         x = session.input_spec.example(batch, seed=batch)
-        np.testing.assert_allclose(session(x), x.reshape(batch, -1) @ trt.weight, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
     x = session.input_spec.example(3)
-    np.testing.assert_allclose(session(torch.from_numpy(x)), x.reshape(3, -1) @ trt.weight, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(session(torch.from_numpy(x)), trt.logits(x), rtol=1e-5, atol=1e-5)
     assert ("graph launch" in cudart.calls) == cuda_graph
     assert cudart.calls.count("capture") == (4 if cuda_graph else 0)  # one graph per batch size: 1, 5, 8, 3
     before = trt.executions
@@ -161,11 +192,177 @@ def test_session_flow_on_the_simulated_runtime(sim_engine, cuda_graph):
     assert cudart.leaks() == 0  # buffers, stream and graphs freed once
 
 
+def test_simulated_runtime_hands_out_real_handle_types(sim_engine):
+    from sim_gpu import REAL_HANDLES, cudaGraphExec_t, cudaStream_t
+
+    plan, cudart, _ = sim_engine()
+    with load(plan, cuda_graph=True) as session:
+        session(session.input_spec.example(2))
+        handles = [session._stream.handle, *(g._exec for g in session._graphs.values())]
+    assert not any(isinstance(h, int) for h in handles)  # cuda-python hands out objects, not ints
+    assert isinstance(handles[0], cudaStream_t) and isinstance(handles[1], cudaGraphExec_t)
+    try:
+        from cuda.bindings import runtime  # noqa: F401
+
+        assert REAL_HANDLES  # cuda-bindings is here: the sim hands out its handle classes
+    except ImportError:
+        assert not REAL_HANDLES
+
+
 def test_undeserializable_plan_is_refused(sim_engine):
-    plan, _, _ = sim_engine
-    plan.write_bytes(b"garbage")
-    data = json.loads(plan.with_suffix(".plan.json").read_text())
-    data["plan"]["sha256"] = sha256_file(plan)
-    plan.with_suffix(".plan.json").write_text(json.dumps(data))
-    with pytest.raises(PfdeployError, match="could not deserialize"):
+    plan, _, _ = sim_engine(plan_bytes=b"garbage")
+    with pytest.raises(PfdeployError, match="could not deserialize .*rebuild"):
         load(plan)
+
+
+def test_version_compatible_plan_is_opened_with_host_code_allowed(sim_engine):
+    plan, _, trt = sim_engine(plan_bytes=b"SIMPLAN-VC", version_compatible=True)
+    with load(plan) as session:
+        x = session.input_spec.example(2)
+        np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+    assert trt.runtimes[-1].engine_host_code_allowed
+
+
+def test_plain_plan_does_not_allow_host_code(sim_engine):
+    plan, _, trt = sim_engine()
+    load(plan).close()
+    assert not trt.runtimes[-1].engine_host_code_allowed  # only a version-compatible plan needs it
+
+
+def test_version_compatible_plan_that_fails_is_not_blamed_on_this_machine(sim_engine):
+    plan, _, _ = sim_engine(plan_bytes=b"not a plan", version_compatible=True)
+    with pytest.raises(PfdeployError, match="version-compatible") as exc:
+        load(plan)
+    assert "rebuild" not in str(exc.value)
+
+
+@pytest.mark.parametrize("failure", ["fail_enqueue", "invalidate_capture"])
+def test_failed_graph_capture_falls_back_and_never_returns_stale_logits(sim_engine, caplog, failure):
+    plan, cudart, trt = sim_engine()
+    if failure == "fail_enqueue":
+        trt.fail_enqueue = "capture"  # execute_async_v3 returns False inside the capture
+    else:
+        trt.invalidate_capture = True  # the capture is invalidated: cudaStreamEndCapture fails
+    session = load(plan, cuda_graph=True)
+    with caplog.at_level("WARNING", logger="pfdeploy.runtime.tensorrt_backend"):
+        for seed in range(4):  # same shape: a replayed empty graph would return the previous batch's logits
+            x = session.input_spec.example(4, seed=seed)
+            np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+        x = session.input_spec.example(2)
+        np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+        run = session.device_fn(x)
+        before = trt.executions
+        run()
+        assert trt.executions == before + 1
+    warnings = [r for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warnings) == 1 and "plain enqueue" in warnings[0].getMessage()  # said once
+    assert "graph launch" not in cudart.calls
+    assert int(cudart.cudaPeekAtLastError()[0]) == 0  # the capture's error was cleared
+    session.close()
+    assert cudart.leaks() == 0
+
+
+def test_failed_enqueue_is_an_error(sim_engine):
+    plan, _, trt = sim_engine()
+    trt.fail_enqueue = "always"
+    for cuda_graph in (False, True):
+        with load(plan, cuda_graph=cuda_graph) as session, pytest.raises(PfdeployError, match="execute_async_v3"):
+            session(session.input_spec.example(2))
+
+
+def test_misaligned_device_memory_is_refused_not_ignored(sim_engine):
+    plan, cudart, _ = sim_engine()
+    cudart.misalign = True  # set_tensor_address returns False for the session's own buffers
+    with pytest.raises(PfdeployError, match="256-byte"):
+        load(plan)
+    assert cudart.leaks() == 0
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4])
+def test_allocation_failure_midway_frees_what_was_made(sim_engine, fail_at):
+    plan, cudart, _ = sim_engine()
+    cudart.fail_alloc_at = fail_at  # 4 allocations: pinned + device, for the input and the output
+    with pytest.raises(PfdeployError, match="cudaErrorMemoryAllocation"):
+        load(plan)
+    assert cudart.allocations == fail_at and cudart.leaks() == 0
+
+
+def test_fp16_io_engine_takes_its_input_dtype_from_the_manifest(sim_engine):
+    plan, _, trt = sim_engine(io_dtype="float16", input_dtype=np.float16, output_dtype=np.float16)
+    with load(plan) as session:
+        assert session.input_spec.dtype == "float16"
+        x = session.input_spec.example(3)
+        assert x.dtype == np.float16
+        out = session(x)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, trt.logits(x).astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("offset, bound", [(0, True), (4 * 3 * 8 * 8 * 4 + 16, False)])
+def test_device_memory_is_bound_only_when_aligned(sim_engine, offset, bound):
+    """A batch already in device memory (a CUDA tensor's data_ptr) is bound in place when 256-byte
+    aligned, else copied into the session's own buffer first; the logits are right either way."""
+    from sim_gpu import write
+
+    plan, cudart, trt = sim_engine()
+    with load(plan) as session:
+        ptr = int(cudart.cudaMalloc(8 * 3 * 8 * 8 * 4 + 512)[1])
+        x = session.input_spec.example(3, seed=7)
+        write(ptr + offset, x)
+        np.testing.assert_allclose(session._run_device_pointer(ptr + offset, x.shape), trt.logits(x),
+                                   rtol=1e-5, atol=1e-5)
+        assert ("memcpy cudaMemcpyDeviceToDevice" in cudart.calls) == (not bound)
+        y = session.input_spec.example(3, seed=8)
+        np.testing.assert_allclose(session(y), trt.logits(y), rtol=1e-5, atol=1e-5)  # own buffer bound again
+        cudart.cudaFree(ptr)
+    assert cudart.leaks() == 0
+
+
+def test_deploy_judges_an_int8_engine_on_real_images_against_its_onnx(sim_engine, tmp_path):
+    """deploy's engine check: the engine against the ONNX graph it was compiled from, on noise,
+    real-looking and --val-data images; INT8 is judged on the --val-data images, as the ONNX graphs are."""
+    from types import SimpleNamespace
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    from pfdeploy.deploy.steps import verify_engine
+
+    plan, _, trt = sim_engine()
+    graph = helper.make_graph(  # what the simulated engine computes: flatten(x) @ weight
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "sim", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(trt.weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"pfdeploy.model": "sim", "pfdeploy.precision": "int8",
+                                   "pfdeploy.input_format": "float-nchw",
+                                   "pfdeploy.preprocess": json.dumps({"size": 8, "crop_pct": 1.0})})
+    onnx.save(model, str(tmp_path / "sim.onnx"))
+    val = tmp_path / "val" / "cls"
+    val.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(val / f"{i}.png")
+    opts = SimpleNamespace(engine_batch=(1, 4, 8), verify_samples=3, val_data=tmp_path / "val")
+    result = verify_engine(opts, plan, tmp_path / "sim.onnx", "int8")
+    assert set(result["sources"]) == {"random", "real-looking", "data"} and result["judged_on"] == ["data"]
+    assert result["passed"] and result["sources"]["data"]["samples"] == 3
+    assert result["sources"]["data"]["max_rel"] < 1e-5  # the engine computes what its ONNX graph does
+    assert "compiled from" in result["reference_kind"]
+    without = verify_engine(SimpleNamespace(**{**vars(opts), "val_data": None}), plan, tmp_path / "sim.onnx", "int8")
+    assert without["judged_on"] == ["random", "real-looking"]  # no real images: every source decides
+
+
+def test_report_says_what_an_engine_was_checked_against():
+    from pfdeploy.deploy.report import _artifact_section
+
+    stats = {"samples": 2, "max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "top1": 1.0, "top5": 1.0, "passed": True}
+    engine = {"file": "m.int8.plan", "format": "tensorrt", "precision": "int8", "bytes": 10, "sha256": "0" * 64,
+              "verify": {"sources": {"data": stats}, "judged_on": ["data"], "passed": True}}
+    text = "\n".join(_artifact_section(engine))
+    assert "against the ONNX graph it was compiled from (itself verified against PyTorch):" in text
+    assert "against PyTorch:" not in text
+    graph = {**engine, "file": "m.int8.onnx", "format": "onnx"}
+    assert "Verification against PyTorch:" in "\n".join(_artifact_section(graph))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -33,8 +34,52 @@ def test_compare_logits_rejects_bad_input():
         compare_logits(np.zeros((2, 3)), np.zeros((2, 3)), "fp8")
 
 
-def test_tolerances_tighten_with_precision():
-    assert TOLERANCES["fp32"]["max_rel"] < TOLERANCES["fp16"]["max_rel"] < TOLERANCES["int8"]["max_rel"]
+@pytest.mark.parametrize("side", ["reference", "artifact"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_single_non_finite_logit_fails_and_the_stats_stay_json(side, bad):
+    ref = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    got = ref.copy()
+    (ref if side == "reference" else got)[2, 9] = bad  # the class argsort would put last (NaN) or first
+    stats = compare_logits(ref, got, "int8")  # even the loosest tolerances
+    assert not stats["passed"]
+    assert stats["nonfinite"] == {"reference": int(side == "reference"), "artifact": int(side == "artifact")}
+    who = "the PyTorch reference" if side == "reference" else "the artifact"
+    assert stats["failures"] == [f"{who}'s logits are not finite (1 NaN/Inf values)"]
+    json.dumps(stats, allow_nan=False)  # strict JSON: no NaN floats in reports
+
+
+def test_all_nan_on_both_sides_fails():
+    nan = np.full((3, 5), np.nan, np.float32)
+    stats = compare_logits(nan, nan, "fp32")
+    assert not stats["passed"] and stats["nonfinite"] == {"reference": 15, "artifact": 15}
+    assert stats["max_abs"] is None and stats["cosine"] is None
+
+
+def test_a_report_with_non_finite_logits_fails_even_on_unjudged_sources():
+    from pfdeploy.runtime.verify import VerifyReport
+
+    ref = np.random.default_rng(0).standard_normal((4, 10))
+    noisy = ref.copy()
+    noisy[0, 0] = np.nan
+    report = VerifyReport("m.int8.onnx", "r50", "int8", "float-nchw", "random", TOLERANCES["int8"],
+                          {"random": compare_logits(ref, noisy, "int8"), "data": compare_logits(ref, ref, "int8")})
+    assert report.judged_on == ["data"] and report.sources["data"]["passed"]
+    assert not report.passed
+    assert report.nonfinite == "the artifact's logits are not finite (1 NaN/Inf values on random)"
+    text = report.format()
+    assert "FAIL: the artifact's logits are not finite" in text and text.splitlines()[-1].startswith("FAIL")
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_readme_states_the_tolerances_verify_applies():
+    """The README's tolerance table is TOLERANCES, row for row (a changed tolerance must be documented)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in TOLERANCES:
+            rows[cells[0]] = dict(zip(("max_rel", "cosine", "top1", "top5"), map(float, cells[1:]), strict=True))
+    assert rows == TOLERANCES
 
 
 def test_smooth_images_are_images():
@@ -114,3 +159,27 @@ def test_int8_is_judged_on_real_images_when_given():
     assert report.passed and report.to_dict()["judged_on"] == ["data"]
     report.precision = "fp32"
     assert not report.passed
+
+
+def test_verify_runs_the_file_as_written(cheap_exports, monkeypatch):
+    """verify runs the graph as stored: the in-memory attention fusion that runtime CPU sessions add
+    (checked in test_ort_options.py) is never applied to what verify checks."""
+    import onnx
+
+    import pfdeploy.runtime.ort_options as ort_options
+    from pfdeploy.runtime import load
+
+    fused = []  # attention blocks fused per call, recorded around the real function
+
+    def recording(model):
+        fused.append(real(model))
+        return fused[-1]
+
+    real = ort_options.attention_fused_for_cpu
+    monkeypatch.setattr(ort_options, "attention_fused_for_cpu", recording)
+    path, ckpt = cheap_exports("vit_ti_max")
+    assert verify_artifact(path, checkpoint=ckpt, samples=2, batch=2).passed
+    assert fused == []  # nothing rewritten: the bytes ONNX Runtime ran are the file's
+    with load(path):  # the runtime's CPU session does fuse this graph, so the check above can fail
+        pass
+    assert fused == [sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)] and fused[0] > 0

@@ -17,7 +17,7 @@ from pfdeploy.triton import (
     repository_from_artifacts,
     spec_from_onnx,
 )
-from pfdeploy.triton.spec import TENSORRT_PLATFORM, spec_from_manifest
+from pfdeploy.triton.spec import TENSORRT_PLATFORM, spec_from_artifact, spec_from_manifest
 from pfdeploy.triton.validate import parse_model_config
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] ships Triton's schema")
@@ -91,12 +91,14 @@ def test_fixed_batch_onnx_has_no_batching(tmp_path):
         config_from_spec(spec, "fixed", TritonOptions(dynamic_batching=True))
 
 
-def _engine(tmp_path: Path, batch=(1, 8, 32), in_shape=("batch", 3, 32, 32)) -> Path:
-    """An ONNX graph plus the manifest the engine builder writes beside its plan.
+def _engine(tmp_path: Path, batch=(1, 8, 32), in_shape=("batch", 3, 32, 32), io=None) -> Path:
+    """An ONNX graph plus the manifest the engine builder writes beside its plan (`io`: its io section;
+    None, as in manifests written before it existed, sends Triton to the source ONNX).
 
     No TensorRT here, so the plan bytes are a placeholder: Triton's config never reads them, and
-    the repository test only checks that they are copied unchanged.
+    the repository test checks that they match the manifest and are copied unchanged.
     """
+    from pfdeploy._io import sha256_file
     from pfdeploy.engines.manifest import build_manifest, write_manifest
     from pfdeploy.engines.onnx_facts import onnx_facts
     from pfdeploy.engines.profile import profile_shapes
@@ -107,8 +109,9 @@ def _engine(tmp_path: Path, batch=(1, 8, 32), in_shape=("batch", 3, 32, 32)) -> 
     plan.write_bytes(b"placeholder plan: no TensorRT on this machine")
     facts = onnx_facts(src)
     manifest = build_manifest(
-        plan_path=plan, plan_sha256="0" * 64, plan_bytes=plan.stat().st_size, facts=facts,
+        plan_path=plan, plan_sha256=sha256_file(plan), plan_bytes=plan.stat().st_size, facts=facts,
         shapes=profile_shapes(facts.inputs, batch), options={}, environment={}, build_seconds=0.0, key="k",
+        io=io,
     )
     write_manifest(plan, manifest)
     return plan
@@ -152,6 +155,27 @@ def test_engine_repository_and_missing_source_onnx(tmp_path):
     with pytest.raises(PfdeployError, match="not beside the engine"):
         repository_from_artifacts([plan], tmp_path / "repo2")
     assert not (tmp_path / "repo2").exists()
+
+
+def test_engine_whose_plan_does_not_match_its_manifest_is_refused(tmp_path):
+    plan = _engine(tmp_path)
+    plan.write_bytes(b"another plan")  # replaced after the build: the manifest no longer vouches for it
+    with pytest.raises(PfdeployError, match="does not match its manifest .*--force"):
+        repository_from_artifacts([plan], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_built_manifest_io_is_what_triton_reads(tmp_path):
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from pfdeploy.engines.manifest import io_from_onnx
+
+    src = _onnx(tmp_path / "src.onnx", TensorProto.FLOAT16, out_type=TensorProto.FLOAT16)
+    plan = _engine(tmp_path, io=io_from_onnx(src))  # the io of an FP16-IO graph, as build-engine records it
+    (tmp_path / "toy.int8.onnx").unlink()  # so the source ONNX cannot be what is read
+    parsed = _parsed(config_from_spec(spec_from_artifact(plan), "toy"))
+    assert parsed.input[0].data_type == parsed.output[0].data_type == pb.TYPE_FP16
+    assert list(parsed.input[0].dims) == [3, 32, 32] and list(parsed.output[0].dims) == [3]
 
 
 def test_manifest_io_section_is_used_when_present(tmp_path):
@@ -199,8 +223,50 @@ def test_repository_bad_input_writes_nothing(tmp_path):
         repository_from_artifacts([good, good], repo)
 
 
+def test_openvino_backend_config_per_artifact(tmp_path, capsys):
+    """`--backend openvino`: Triton's OpenVINO backend on CPU instances, beside the ONNX Runtime model."""
+    from pfdeploy.cli import main
+
+    a = _onnx(tmp_path / "toy.int8.onnx")
+    repo = tmp_path / "repo"
+    assert main(["triton", str(a), str(a), "--repo", str(repo), "--backend", "onnxruntime", "--backend", "openvino",
+                 "--dynamic-batching"]) == 0
+    ort = parse_model_config((repo / "toy_int8" / "config.pbtxt").read_text())
+    ov = parse_model_config((repo / "toy_int8_openvino" / "config.pbtxt").read_text())
+    assert (ort.platform, ort.backend) == ("onnxruntime_onnx", "")
+    assert (ov.platform, ov.backend, ov.default_model_filename) == ("", "openvino", "model.onnx")
+    assert (repo / "toy_int8_openvino" / "1" / "model.onnx").read_bytes() == a.read_bytes()
+    assert [g.kind for g in ov.instance_group] == [ov.instance_group[0].KIND_CPU]
+    assert {k: v.string_value for k, v in ov.parameters.items()} == {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    assert ov.max_batch_size == 32 and list(ov.input[0].dims) == [3, 32, 32]
+    assert "openvino" in capsys.readouterr().out
+    several = repository_from_artifacts([a], tmp_path / "r2", TritonOptions(instances=3), backends=["openvino"])
+    params = parse_model_config(several[0].config_path.read_text()).parameters
+    assert (params["NUM_STREAMS"].string_value, params["PERFORMANCE_HINT"].string_value) == ("3", "THROUGHPUT")
+    with pytest.raises(PfdeployError, match="runs on the CPU"):
+        repository_from_artifacts([a], tmp_path / "r3", TritonOptions(device="gpu"), backends=["openvino"])
+    with pytest.raises(PfdeployError, match="one for all or one per artifact"):
+        repository_from_artifacts([a, a, a], tmp_path / "r3", backends=["openvino", "onnxruntime"])
+    assert not (tmp_path / "r3").exists()
+
+
 def test_validator_rejects_what_triton_would():
     with pytest.raises(PfdeployError, match="ModelConfig schema"):
         parse_model_config('name: "m"\nmax_batch: 3\n')  # the field is max_batch_size
     with pytest.raises(PfdeployError, match="ModelConfig schema"):
         parse_model_config('name: "m"\ninput { data_type: TYPE_FLOAT32 }\n')  # not a Triton DataType
+
+
+def test_repository_files_are_readable_by_the_server_whatever_the_umask(tmp_path):
+    """The server often runs as another user: 0644 even under umask 077 (other artifacts follow the umask)."""
+    import os
+    import stat
+
+    source = _onnx(tmp_path / "m.onnx")
+    previous = os.umask(0o077)
+    try:
+        [model] = repository_from_artifacts([source], tmp_path / "repo")
+    finally:
+        os.umask(previous)
+    for path in (model.config_path, model.model_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
