@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,10 +15,13 @@ import bench_gpu  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
-def test_gpu_check_refuses_in_one_line_without_a_gpu():
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "no CUDA GPU visible to PyTorch" in proc.stderr
+def test_gpu_check_refuses_in_one_line_without_a_gpu(capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from gpu_check import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU visible to PyTorch" in err
 
 
 def _report(rates: dict[tuple[str, int, str], float]) -> dict:
