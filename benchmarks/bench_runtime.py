@@ -58,7 +58,6 @@ def measure_overhead(path: Path, batches=BATCHES, rounds: int = 61, min_seconds:
     """
     from pfdeploy.runtime import load
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
-    from pfdeploy.runtime.timing import time_interleaved
 
     rows = []
     with load(path) as session:
@@ -68,14 +67,21 @@ def measure_overhead(path: Path, batches=BATCHES, rounds: int = 61, min_seconds:
             x = session.input_spec.example(batch, seed=0)
             feed, outputs = {"input": x}, ["logits"]
             np.testing.assert_array_equal(session(x), separate.run(outputs, feed)[0])  # same graph and work
-            samples = time_interleaved(
-                {"runtime": lambda x=x: session(x), "plain": lambda f=feed, o=outputs: plain.run(o, f)},
-                rounds=rounds, min_seconds=min_seconds, warmup=2,
-            )
-            ips = {k: batch / float(np.median(v)) for k, v in samples.items()}
-            per_round = np.asarray(samples["plain"]) / np.asarray(samples["runtime"])  # same round, side by side
-            rows.append({"batch": batch, **ips, "ratio": float(np.median(per_round))})
+            rows.append(overhead_row(batch, lambda x=x: session(x), lambda f=feed, o=outputs: plain.run(o, f),
+                                     rounds, min_seconds))
     return rows
+
+
+def overhead_row(batch: int, runtime, plain, rounds: int, min_seconds: float) -> dict:
+    """{batch, runtime, plain (img/s medians), ratio}: the two calls timed interleaved, one call each
+    per round; ratio = median over rounds of plain time / runtime time (same round, side by side)."""
+    from pfdeploy.runtime.timing import time_interleaved
+
+    samples = time_interleaved({"runtime": runtime, "plain": plain}, rounds=rounds, min_seconds=min_seconds,
+                               warmup=2)
+    ips = {k: batch / float(np.median(v)) for k, v in samples.items()}
+    per_round = np.asarray(samples["plain"]) / np.asarray(samples["runtime"])
+    return {"batch": batch, **ips, "ratio": float(np.median(per_round))}
 
 
 def overhead_section(rows: list[dict], rounds: int) -> str:
@@ -116,7 +122,6 @@ def measure_openvino_overhead(path: Path, batches=BATCHES, rounds: int = 61) -> 
     import openvino as ov
 
     from pfdeploy.runtime import load
-    from pfdeploy.runtime.timing import time_interleaved
 
     rows = []
     with load(path, backend="openvino") as session:
@@ -125,13 +130,8 @@ def measure_openvino_overhead(path: Path, batches=BATCHES, rounds: int = 61) -> 
         for batch in batches:
             x = session.input_spec.example(batch, seed=0)
             np.testing.assert_array_equal(session(x), separate.infer({0: x}, share_inputs=True)[0])
-            samples = time_interleaved(
-                {"runtime": lambda x=x: session(x), "plain": lambda x=x: plain.infer({0: x}, share_inputs=True)},
-                rounds=rounds, min_seconds=0.0, warmup=2,
-            )
-            ips = {k: batch / float(np.median(v)) for k, v in samples.items()}
-            per_round = np.asarray(samples["plain"]) / np.asarray(samples["runtime"])
-            rows.append({"batch": batch, **ips, "ratio": float(np.median(per_round))})
+            rows.append(overhead_row(batch, lambda x=x: session(x),
+                                     lambda x=x: plain.infer({0: x}, share_inputs=True), rounds, 0.0))
     return rows
 
 
