@@ -84,6 +84,16 @@ def overhead_row(batch: int, runtime, plain, rounds: int, min_seconds: float) ->
     return {"batch": batch, **ips, "ratio": float(np.median(per_round))}
 
 
+def overhead_table(rows: list[dict], plain: str) -> list[str]:
+    """Markdown lines: per batch, runtime and plain img/s, their ratio and whether GOAL is met."""
+    lines = [f"| batch | runtime img/s | {plain} img/s | ratio runtime/plain | goal met |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        met = "yes" if r["ratio"] >= GOAL else "no"
+        lines.append(f"| {r['batch']} | {r['runtime']:.1f} | {r['plain']:.1f} | {r['ratio']:.3f} | {met} |")
+    return lines
+
+
 def overhead_section(rows: list[dict], rounds: int) -> str:
     lines = [
         "## Runtime overhead vs plain ONNX Runtime",
@@ -94,13 +104,7 @@ def overhead_section(rows: list[dict], rounds: int) -> str:
         f"interleaved one call each per round, {rounds} rounds, img/s medians, ratio the median of "
         f"per-round ratios. Goal: ratio >= {GOAL}.",
         "",
-        "| batch | runtime img/s | plain ORT img/s | ratio runtime/plain | goal met |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        met = "yes" if r["ratio"] >= GOAL else "no"
-        lines.append(f"| {r['batch']} | {r['runtime']:.1f} | {r['plain']:.1f} | {r['ratio']:.3f} | {met} |")
-    lines += [
+        *overhead_table(rows, "plain ORT"),
         "",
         "Why not a second InferenceSession as the baseline: alternating calls between two sessions of the "
         "same graph evicts each one's weights from the caches, which moved single-call times by 5-40% in "
@@ -148,13 +152,12 @@ def openvino_overhead_section(rows: list[dict], rounds: int) -> str:
         f"each per round, {rounds} rounds, img/s medians, ratio the median of per-round ratios. "
         f"Goal: ratio >= {GOAL}. CPU: {cpu_summary()}.",
         "",
-        "| batch | runtime img/s | plain OpenVINO img/s | ratio runtime/plain | goal met |",
-        "| --- | --- | --- | --- | --- |",
+        *overhead_table(rows, "plain OpenVINO"),
+        "",
+        f"Command: `{COMMAND}`",
+        "",
     ]
-    for r in rows:
-        met = "yes" if r["ratio"] >= GOAL else "no"
-        lines.append(f"| {r['batch']} | {r['runtime']:.1f} | {r['plain']:.1f} | {r['ratio']:.3f} | {met} |")
-    return "\n".join(lines + ["", f"Command: `{COMMAND}`", ""])
+    return "\n".join(lines)
 
 
 def backend_rows(models=BACKEND_MODELS, batch: int = BACKEND_BATCH, seconds: float = 6.0) -> list[dict]:
