@@ -277,7 +277,8 @@ def qdq_graph(pre_path: Path, out_path: Path, ops: list[str], cache_file: Path, 
 
     Weights and activations are quantized; Conv/Gemm biases stay float (`QuantizeBias: False`), as
     TensorRT wants: its parser rejects the INT32 bias behind a DequantizeLinear that onnxruntime
-    writes by default (`quantize_bias=True`, kept for the CPU re-encoding and for comparisons).
+    writes by default (`quantize_bias=True`, kept only for benchmarks/bench_int8_bias.py's comparison;
+    both targets ship float biases).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
