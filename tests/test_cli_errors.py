@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -225,26 +224,36 @@ def test_main_turns_a_leftover_filesystem_error_into_one_line_and_keeps_bugs(mon
         main(["list"])
 
 
-def test_sigterm_in_process_exits_143_and_restores_the_handler(monkeypatch, capsys):
-    import signal
+SIGTERM_IN_MAIN = """
+import os, signal, sys, time
+import pfdeploy.cli as cli
 
-    import pfdeploy.cli as cli
+before = signal.getsignal(signal.SIGTERM)
+finished = []
 
-    before = signal.getsignal(signal.SIGTERM)
-    finished = []
+def run(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+    finally:
+        finished.append(True)  # `finally` blocks (temporary-file cleanup) run
+    return 0
 
-    def run(args):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler interrupts this
-        finally:
-            finished.append(True)  # `finally` blocks (temporary-file cleanup) run
-        return 0
+cli.COMMANDS = [("list", cli.add_list, run)]
+code = cli.main(["list"])
+print(code, bool(finished), signal.getsignal(signal.SIGTERM) is before)
+"""
 
-    monkeypatch.setattr(cli, "COMMANDS", [("list", cli.add_list, run)])
-    assert main(["list"]) == 143
-    assert finished and "terminated (SIGTERM)" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGTERM) is before
+
+def test_sigterm_in_main_exits_143_and_restores_the_handler():
+    """In a fresh interpreter: a test that signals its own process must not share it with other tests."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", SIGTERM_IN_MAIN], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["143", "True", "True"]
+    assert "terminated (SIGTERM)" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_non_utf8_file_names_work_in_every_image_command(files, tmp_path, capsys):

@@ -48,3 +48,13 @@ def test_missing_cpuinfo_falls_back(fake_cpuinfo, tmp_path, monkeypatch):
     _cpu._cpuinfo_fields.cache_clear()
     assert _cpu.cpu_flags() == frozenset()
     assert _cpu.cpu_name()  # platform's guess, never empty
+
+
+@pytest.mark.parametrize("name, bf16, vnni", [("avx2", False, False), ("avx512-vnni", False, True),
+                                              ("avx512-bf16", True, True), ("amx", True, True)])
+def test_the_faked_feature_sets_are_the_four_cpu_kinds(cpu_features, name, bf16, vnni):
+    """tests/cpu_facts.py's four CPUs, as pfdeploy sees them (what PFDEPLOY_TEST_CPU=<name> runs the suite on)."""
+    cpu_features(name)
+    assert (_cpu.has_bf16(), _cpu.has_vnni()) == (bf16, vnni)
+    assert _cpu.cpu_summary().endswith(")") and f"[faked: {name}]" in _cpu.cpu_name()
+    assert ("amx_bf16" in _cpu.notable_flags()) == (name == "amx")

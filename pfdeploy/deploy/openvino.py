@@ -70,8 +70,9 @@ def openvino_plan(mode: str, precisions: tuple[str, ...],
         if mode == "yes":
             raise MissingDependencyError(f"--openvino yes needs OpenVINO; {INSTALL}")
         return {"status": "skipped", "note": f"OpenVINO is not installed ({INSTALL})", "variants": [], "skipped": []}
-    import openvino
+    from pfdeploy.runtime.openvino_backend import import_openvino
 
+    openvino = import_openvino()
     variants, skipped = plan_variants(precisions, has_bf16(), cpu_summary())
     note = f"OpenVINO {openvino.__version__.split('-')[0]} on {cpu_summary()}"
     return {"status": "added" if variants else "none applicable", "note": note, "variants": variants,

@@ -71,7 +71,8 @@ def _artifact_entry(path: Path, fmt: str, precision: str, step: dict) -> dict[st
         "label": path.name,  # unique per row: an OpenVINO variant of the same file is `<file> [openvino]`
         "backend": "tensorrt" if fmt == "tensorrt" else "onnxruntime",
         "format": fmt,
-        "precision": precision,
+        "precision": precision,  # what the row is verified as (an OpenVINO bf16 row runs the fp32 file)
+        "graph_precision": precision,  # the file's own pfdeploy.precision
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "reused": bool(step.get("reused")),
@@ -196,6 +197,7 @@ def _openvino_variants(state: StepState, opts: DeployOptions, made: dict, plan: 
         path = made[variant.graph]["path"]
         entry = _artifact_entry(path, "onnx", variant.precision, made[variant.graph])
         entry.update(label=variant.label(path.name), backend="openvino", compute_precision=variant.compute,
+                     graph_precision=variant.graph,
                      tensorrt_check=onnx_entries[variant.graph].get("tensorrt_check"))
         verified = steps.verify_onnx(state, opts, path, entry["sha256"], checkpoint_sha, backend="openvino",
                                      precision=variant.compute, label=entry["label"])

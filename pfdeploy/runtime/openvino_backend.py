@@ -22,6 +22,9 @@
 - **Zero copy.** A C-contiguous, writable NumPy array (or CPU torch tensor) is wrapped as the
   input tensor without a copy (`ov.Tensor(array, shared_memory=True)`); other arrays are copied
   once. The logits are copied out of the request before it goes back to the pool.
+- **Signals.** Compiling and inference run with SIGINT and SIGTERM held (`pfdeploy._signals`): they are
+  delivered when the call returns, never inside OpenVINO's JIT kernels, and OpenVINO's worker threads
+  never take them.
 - **Batch.** A dynamic ONNX batch stays dynamic in OpenVINO (reshaped to `?` if the frontend fixed
   it); a fixed batch is kept and enforced by `input_spec`.
 
@@ -40,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from pfdeploy._signals import deferred_signals
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 from pfdeploy.runtime.session import Session, onnx_input_spec
 
@@ -56,7 +60,8 @@ COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Pooling", "Eltwise
 def import_openvino():
     """The openvino module, or a one-line MissingDependencyError naming the extra to install."""
     try:
-        import openvino
+        with deferred_signals():  # threads started by the import inherit the mask (pfdeploy._signals)
+            import openvino
     except ImportError as exc:
         raise MissingDependencyError(f"the openvino backend needs OpenVINO; {INSTALL}") from exc
     return openvino
@@ -97,6 +102,13 @@ def _check_honoured(compiled, config: dict[str, Any], path: Path) -> None:
     threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
     if threads != config["INFERENCE_NUM_THREADS"]:
         log.info("OpenVINO uses %d threads (asked %d)", threads, config["INFERENCE_NUM_THREADS"])
+
+
+def compiled_for_cpu(core, ov_model, config: dict[str, Any], path: Path):
+    """`ov_model` compiled for the CPU with `config` (compile_config), checked to honour its precision hint."""
+    compiled = core.compile_model(ov_model, "CPU", config)
+    _check_honoured(compiled, config, path)
+    return compiled
 
 
 def read_model_for_cpu(core, path: Path, model):
@@ -163,18 +175,19 @@ class OpenVinoSession(Session):
         ov = import_openvino()
         model = load_onnx(path, external_data=False)  # refuses missing/damaged files in one line
         spec, metadata = onnx_input_spec(model, path)  # the same InputSpec the onnxruntime backend gives
-        core = ov.Core()
-        ov_model = read_model_for_cpu(core, path, model)
-        _keep_batch_dynamic(ov_model, spec.max_batch is None)  # a fixed batch stays fixed
-        self._compiled = core.compile_model(ov_model, "CPU", config)
-        _check_honoured(self._compiled, config, path)
+        with deferred_signals():  # OpenVINO's worker threads start here and inherit the mask
+            core = ov.Core()
+            ov_model = read_model_for_cpu(core, path, model)
+            _keep_batch_dynamic(ov_model, spec.max_batch is None)  # a fixed batch stays fixed
+            self._compiled = compiled_for_cpu(core, ov_model, config, path)
+            first_request = self._compiled.create_infer_request()
         super().__init__(spec, metadata, device)
         self.path = path
         self.compute_precision = precision
         self.config = config
         self._ov = ov
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._requests.put(self._compiled.create_infer_request())
+        self._requests.put(first_request)
         log.debug("openvino session on %s with %s", path, config)
 
     @property
@@ -194,7 +207,8 @@ class OpenVinoSession(Session):
         try:
             request = self._requests.get_nowait()
         except queue.Empty:  # every request is busy in another thread
-            request = self._compiled.create_infer_request()
+            with deferred_signals():
+                request = self._compiled.create_infer_request()
         try:
             yield request
         finally:
@@ -206,7 +220,8 @@ class OpenVinoSession(Session):
         tensor = self._ov.Tensor(array, shared_memory=True)
         with self._request() as request:
             request.set_input_tensor(tensor)
-            request.infer()
+            with deferred_signals():  # no signal lands inside OpenVINO's JIT kernels (pfdeploy._signals)
+                request.infer()
             out = request.get_output_tensor(0).data
             return out.astype(np.float32) if out.dtype != np.float32 else out.copy()
 

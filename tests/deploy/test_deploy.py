@@ -26,6 +26,21 @@ def _has_tensorrt() -> bool:
     return True
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bf16_cpu(tmp_path_factory):
+    """Every deploy in this module runs on a CPU that computes BF16, so the `[openvino bf16]` row goes through
+    export, verification, evaluation, benchmark and reuse on every machine: for real where the CPU has
+    AVX512-BF16/AMX, faked elsewhere (tests/cpu_facts.py)."""
+    from cpu_facts import use_cpu
+
+    from pfdeploy import _cpu
+
+    with pytest.MonkeyPatch.context() as patch:
+        if not _cpu.has_bf16():
+            use_cpu(patch, "avx512-bf16", tmp_path_factory.mktemp("cpu"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     out = tmp_path_factory.mktemp("deploy") / "out"
@@ -43,7 +58,9 @@ def test_report_is_consistent_with_the_artifacts(deployed):
         assert path.stat().st_size == artifact["bytes"]
         assert sha256_file(path) == artifact["sha256"]
         if artifact["format"] == "onnx":
-            assert read_metadata(path)["pfdeploy.precision"] == artifact["precision"]
+            assert read_metadata(path)["pfdeploy.precision"] == artifact["graph_precision"]
+            if artifact["backend"] == "onnxruntime":
+                assert artifact["graph_precision"] == artifact["precision"]
             check = artifact["tensorrt_check"]  # every graph here is meant for TensorRT
             assert (check["checked"], check["passed"], check["violations"], check["trt_version"]) == (
                 True, True, [], "10.1")
@@ -88,19 +105,19 @@ def test_second_run_reuses_everything(deployed, capsys):
 
 def test_openvino_variants_are_verified_benchmarked_and_named_fastest(deployed):
     """On a CPU machine with OpenVINO: the INT8 graph run by OpenVINO is a row of its own (verified against
-    PyTorch, evaluated, benched in the same run); bf16 is added where the CPU computes it, else skipped."""
+    PyTorch, evaluated, benched in the same run), and so is the FP32 graph computed in BF16 (this module's CPU
+    computes BF16; its absence is test_bf16_is_skipped_with_the_reason_on_a_cpu_without_it)."""
     pytest.importorskip("openvino", reason="the OpenVINO variants need pip install 'pfdeploy[openvino]'")
-    from pfdeploy._cpu import has_bf16
-
     out, report = deployed
     ov = [a for a in report["artifacts"] if a["backend"] == "openvino"]
     by_precision = {a["precision"]: a for a in ov}
     assert by_precision["int8"]["file"] == f"{FIXTURE}.int8.onnx"
     assert by_precision["int8"]["label"] == f"{FIXTURE}.int8.onnx [openvino]"
-    assert ("bf16" in by_precision) == has_bf16()
-    if not has_bf16():
-        assert [s["variant"] for s in report["openvino"]["skipped"]] == ["bf16"]
-        assert "AVX512-BF16 or AMX" in report["openvino"]["skipped"][0]["reason"]
+    bf16 = by_precision["bf16"]
+    assert (bf16["file"], bf16["label"]) == (f"{FIXTURE}.fp32.onnx", f"{FIXTURE}.fp32.onnx [openvino bf16]")
+    assert (bf16["graph_precision"], bf16["compute_precision"]) == ("fp32", "bf16")
+    assert report["openvino"]["skipped"] == []
+    assert sorted(report["openvino"]["variants"]) == sorted(a["label"] for a in ov)
     for artifact in ov:
         assert artifact["verify"]["passed"] and artifact["accuracy"]["backend"] == "openvino"
         assert artifact["accuracy"]["top1"] >= report["accuracy_reference"]["top1"] - 1.0
@@ -114,6 +131,21 @@ def test_openvino_variants_are_verified_benchmarked_and_named_fastest(deployed):
     assert (fastest["img_per_s"], fastest["label"], fastest["batch"]) == (*best, 4)
     md = (out / "report.md").read_text()
     assert f"### {FIXTURE}.int8.onnx [openvino]" in md and "Fastest verified artifact:" in md
+
+
+@pytest.mark.parametrize("cpu", ["avx2", "avx512-vnni"])
+def test_bf16_is_skipped_with_the_reason_on_a_cpu_without_it(cpu_features, cpu):
+    pytest.importorskip("openvino", reason="the OpenVINO variants need pip install 'pfdeploy[openvino]'")
+    from pfdeploy.deploy.openvino import openvino_plan
+
+    cpu_features(cpu)
+    plan = openvino_plan("auto", ("fp32", "fp16", "int8"))
+    assert [v.precision for v in plan["variants"]] == ["int8"]
+    assert [s["variant"] for s in plan["skipped"]] == ["bf16"]
+    assert "has no AVX512-BF16 or AMX" in plan["skipped"][0]["reason"] and f"[faked: {cpu}]" in plan["note"]
+    cpu_features("amx")
+    assert [v.label("m.fp32.onnx") for v in openvino_plan("auto", ("fp32",))["variants"]] == [
+        "m.fp32.onnx [openvino bf16]"]
 
 
 def test_changed_calibration_redoes_only_int8(deployed, tmp_path):

@@ -140,36 +140,66 @@ def test_concurrent_calls_give_the_serial_results(r50h):
         np.testing.assert_array_equal(results[i], want)
 
 
-def test_bf16_is_refused_without_avx512_bf16_or_amx(cheap_onnx, monkeypatch):
-    monkeypatch.setattr("pfdeploy._cpu.has_bf16", lambda: False)
+@pytest.mark.parametrize("cpu", ["avx2", "avx512-vnni"])
+def test_bf16_is_refused_without_avx512_bf16_or_amx(cheap_onnx, cpu_features, cpu):
+    cpu_features(cpu)
     with pytest.raises(PfdeployError, match="AVX512-BF16 or AMX") as info:
         load(cheap_onnx("r50_hybrid"), backend="openvino", precision="bf16")
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and f"[faked: {cpu}]" in str(info.value)
 
 
-def test_bf16_sets_the_hint_and_is_honoured_or_refused(cheap_onnx, cheap_checkpoint, monkeypatch):
-    """BF16 speed and accuracy cannot be measured on a CPU without BF16: here the accepted path is checked
-    up to the hint, and OpenVINO's silent fallback to f32 is caught rather than reported as bf16."""
-    from pfdeploy import _cpu
+@pytest.mark.parametrize("cpu", ["avx512-bf16", "amx"])
+def test_bf16_sets_the_hint_and_is_judged_with_the_bf16_row(cheap_onnx, cheap_checkpoint, cpu_features, cpu):
+    """On a BF16 CPU (real, or faked with the f32 stand-in where this one has no BF16: tests/cpu_facts.py) the
+    session asks OpenVINO for bf16 and is verified as bf16. Only real BF16 hardware shows the compiled hint and
+    BF16 rounding; test_bf16_row_accepts_bfloat16_rounding_of_the_trained_fixture covers the row's width."""
+    from cpu_facts import REAL_BF16
 
-    native = _cpu.has_bf16()
-    monkeypatch.setattr("pfdeploy._cpu.has_bf16", lambda: True)
+    from pfdeploy.runtime.verify import compare_logits
+
+    cpu_features(cpu)
     config = compile_config("bf16", 2)
     assert config == {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2}
     assert compile_config()["INFERENCE_PRECISION_HINT"] == "f32"  # fp32 is explicit, never OpenVINO's default
-    path = cheap_onnx("r50_hybrid")
-    if not native:
-        with pytest.raises(PfdeployError, match="not bf16"):
-            load(path, backend="openvino", precision="bf16")
-        return
-    with load(path, backend="openvino", precision="bf16") as bf16, \
-            load(path, backend="torch", checkpoint=cheap_checkpoint("r50_hybrid")) as pt:  # pragma: no cover
-        assert bf16.precision == "bf16"
-        assert bf16.compiled_model.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
-        from pfdeploy.runtime.verify import compare_logits
-
+    with load(cheap_onnx("r50_hybrid"), backend="openvino", precision="bf16") as bf16, \
+            load(cheap_onnx("r50_hybrid"), backend="torch", checkpoint=cheap_checkpoint("r50_hybrid")) as pt:
+        assert (bf16.precision, bf16.compute_precision, bf16.config["INFERENCE_PRECISION_HINT"]) == (
+            "bf16", "bf16", "bf16")
+        hint = bf16.compiled_model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        assert hint == ("bf16" if REAL_BF16 else "f32")  # f32: the stand-in
         x = bf16.input_spec.example(8, seed=0)
         assert compare_logits(pt(x), bf16(x), "bf16")["passed"]
+
+
+class _Compiled:
+    """What openvino.CompiledModel.get_property answers, for the check of what OpenVINO honoured."""
+
+    def __init__(self, hint: str, threads: int):
+        self.answers = {"INFERENCE_PRECISION_HINT": ov.Type.bf16 if hint == "bf16" else ov.Type.f32,
+                        "INFERENCE_NUM_THREADS": threads}
+
+    def get_property(self, key):
+        return self.answers[key]
+
+
+def test_a_precision_openvino_did_not_honour_is_an_error(cheap_onnx, cpu_features, monkeypatch, tmp_path):
+    """OpenVINO silently computes f32 where bf16 was asked and the CPU cannot do it: pfdeploy refuses rather than
+    label f32 results bf16. The check reads what the compiled model reports; where this CPU has no BF16 it is
+    also shown against real OpenVINO."""
+    from cpu_facts import REAL_BF16
+
+    from pfdeploy.runtime.openvino_backend import _check_honoured
+
+    bf16 = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 2}
+    with pytest.raises(PfdeployError, match="inference precision f32, not bf16"):
+        _check_honoured(_Compiled("f32", 2), bf16, tmp_path / "m.onnx")
+    _check_honoured(_Compiled("bf16", 1), bf16, tmp_path / "m.onnx")  # fewer threads than asked: logged only
+    if not REAL_BF16:  # pfdeploy._cpu says BF16, the hardware and OpenVINO do not
+        cpu_features("avx512-bf16")
+        real = getattr(openvino_backend.compiled_for_cpu, "real", openvino_backend.compiled_for_cpu)
+        monkeypatch.setattr(openvino_backend, "compiled_for_cpu", real)  # without the stand-in
+        with pytest.raises(PfdeployError, match="not bf16"):
+            load(cheap_onnx("r50_hybrid"), backend="openvino", precision="bf16")
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -223,13 +253,21 @@ def test_auto_rule(facts, want):
     assert backend_for("m.plan", facts) == "tensorrt" and backend_for("r50", facts) == "torch"
 
 
-def test_auto_facts_read_the_artifact_and_the_machine(cheap_onnx, monkeypatch):
-    from pfdeploy import _cpu
+@pytest.mark.parametrize("cpu, vnni", [("avx2", False), ("avx512-vnni", True), ("amx", True)])
+def test_auto_facts_read_the_artifact_and_the_machine(cheap_onnx, cpu_features, tmp_path, cpu, vnni):
+    """The VNNI rule on each CPU kind: a ViT's INT8 graph goes to OpenVINO only where the CPU has VNNI."""
+    import onnx
 
+    cpu_features(cpu)
     facts = auto_facts(cheap_onnx("vit_ti_max"))
-    assert (facts.precision, facts.family, facts.openvino, facts.vnni) == ("fp32", "vit", True, _cpu.has_vnni())
+    assert (facts.precision, facts.family, facts.openvino, facts.vnni) == ("fp32", "vit", True, vnni)
     assert auto_facts(cheap_onnx("r50"), options={"precision": "bf16"}).bf16
-    monkeypatch.setattr("pfdeploy._cpu.has_bf16", lambda: False)
+    int8 = onnx.load(str(cheap_onnx("vit_ti_max")))
+    next(p for p in int8.metadata_props if p.key == "pfdeploy.precision").value = "int8"
+    onnx.save(int8, str(tmp_path / "vit.int8.onnx"))
+    assert backend_for(tmp_path / "vit.int8.onnx", auto_facts(tmp_path / "vit.int8.onnx")) == (
+        "openvino" if vnni else "onnxruntime")
+    cpu_features("avx512-vnni")  # no BF16
     with pytest.raises(PfdeployError, match="AVX512-BF16"):  # auto -> openvino, which refuses it here
         load(cheap_onnx("r50"), precision="bf16")
     with pytest.raises(PfdeployError, match="runs the artifact's own precision"):
@@ -267,16 +305,16 @@ def test_cli_bench_eval_predict_take_the_openvino_backend(cheap_onnx, tmp_path, 
     (["--backend", "openvino", "--precision", "fp16"], "not one the openvino backend computes"),
     (["--backend", "openvino", "--precision", "bf16"], "AVX512-BF16 or AMX"),
 ])
-def test_cli_precision_is_validated_per_backend(cheap_onnx, monkeypatch, capsys, argv, message):
+def test_cli_precision_is_validated_per_backend(cheap_onnx, cpu_features, capsys, argv, message):
     from pfdeploy.cli import main
 
-    monkeypatch.setattr("pfdeploy._cpu.has_bf16", lambda: False)
+    cpu_features("avx2")
     assert main(["bench", str(cheap_onnx("r50_hybrid")), "--batch", "1", "--seconds", "0.05", *argv]) != 0
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_cli_verify_with_openvino(cheap_onnx, cheap_checkpoint, tmp_path, monkeypatch, capsys):
+def test_cli_verify_with_openvino(cheap_onnx, cheap_checkpoint, tmp_path, cpu_features, capsys):
     import json
 
     from pfdeploy.cli import main
@@ -290,7 +328,7 @@ def test_cli_verify_with_openvino(cheap_onnx, cheap_checkpoint, tmp_path, monkey
     assert (report["backend"], report["precision"], report["passed"]) == ("openvino", "fp32", True)
     assert main(["verify", path, "--checkpoint", ckpt, "--precision", "bf16"]) == 1  # onnxruntime has no bf16
     assert "needs backend openvino" in capsys.readouterr().err
-    monkeypatch.setattr("pfdeploy._cpu.has_bf16", lambda: False)
+    cpu_features("avx512-vnni")
     assert main(["verify", path, "--checkpoint", ckpt, "--backend", "openvino", "--precision", "bf16"]) == 1
     assert "AVX512-BF16 or AMX" in capsys.readouterr().err
 

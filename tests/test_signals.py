@@ -1,0 +1,118 @@
+"""SIGINT/SIGTERM never land inside native inference code (pfdeploy._signals), and every test that signals
+its own process does it in a subprocess, so the test run itself never depends on what a library left behind.
+
+The OpenVINO cases run in a fresh interpreter: its worker threads start inside pfdeploy's first OpenVINO call,
+so their signal masks show what pfdeploy set up, not what an earlier test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_graphs import conv_classifier
+
+pytestmark = pytest.mark.skipif(not Path("/proc/thread-self/status").exists(), reason="reads Linux /proc signal masks")
+
+SIGNAL_BITS = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))  # as /proc/*/status SigBlk shows them
+
+DEFERRED = """
+import json, os, signal, sys
+from pathlib import Path
+
+from pfdeploy._signals import deferred_signals
+
+def blocked(status):
+    return int(next(l for l in status.splitlines() if l.startswith("SigBlk:")).split()[1], 16)
+
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+with deferred_signals():
+    os.kill(os.getpid(), signal.SIGTERM)
+    inside = list(got)
+after = list(got)
+report = {"inside": inside, "after": after}
+if sys.argv[1:]:
+    from pfdeploy.runtime import load
+
+    before = set(os.listdir("/proc/self/task"))
+    with load(sys.argv[1], backend="openvino", intra_op_threads=2) as session:
+        session(session.input_spec.example(2))
+        masks = {}
+        for tid in set(os.listdir("/proc/self/task")) - before:
+            try:
+                masks[tid] = blocked(Path(f"/proc/self/task/{tid}/status").read_text())
+            except FileNotFoundError:  # a thread that ended meanwhile
+                pass
+        report.update(workers=masks, caller=blocked(Path("/proc/thread-self/status").read_text()))
+print(json.dumps(report))
+"""
+
+
+def _run(*args: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", DEFERRED, *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_signal_inside_deferred_signals_is_delivered_when_the_block_ends():
+    report = _run()
+    assert report == {"inside": [], "after": [signal.SIGTERM]}
+
+
+def test_openvino_worker_threads_never_take_sigint_or_sigterm(tmp_path):
+    """OpenVINO's threads start inside the session's first calls and keep SIGINT/SIGTERM blocked; the calling
+    thread gets its own mask back after every call (so Ctrl-C still works between calls)."""
+    pytest.importorskip("openvino", reason="the openvino backend needs pip install 'pfdeploy[openvino]'")
+    report = _run(str(conv_classifier(tmp_path / "m.onnx")))
+    assert report["workers"], "OpenVINO started no thread: nothing was checked"
+    assert all(mask & SIGNAL_BITS == SIGNAL_BITS for mask in report["workers"].values()), report
+    assert report["caller"] & SIGNAL_BITS == 0
+
+
+HOLD_INFERENCE = """
+import os, sys
+from pfdeploy.runtime import openvino_backend
+
+real_run = openvino_backend.OpenVinoSession._run
+def marking_run(self, array):
+    open(os.environ["PFTEST_MARK"], "a").close()  # the benchmark is inferring now
+    return real_run(self, array)
+openvino_backend.OpenVinoSession._run = marking_run
+from pfdeploy.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stopped_while_inferring(args: list[str], mark: Path, stop: signal.Signals) -> tuple[int, str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_INFERENCE, *args], env={**os.environ, "PFTEST_MARK": str(mark)},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the benchmark never ran"
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the timed rounds
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("stop, code, word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                              (signal.SIGINT, 130, "interrupted")])
+def test_stopping_an_openvino_benchmark_exits_cleanly(tmp_path, stop, code, word):
+    """A user's SIGTERM or Ctrl-C while OpenVINO infers: the documented exit code and one line, no crash."""
+    pytest.importorskip("openvino", reason="the openvino backend needs pip install 'pfdeploy[openvino]'")
+    model = conv_classifier(tmp_path / "m.onnx")
+    returncode, err = _stopped_while_inferring(
+        ["bench", str(model), "--backend", "openvino", "--batch", "2", "--seconds", "60", "--warmup", "1"],
+        tmp_path / "mark", stop)
+    lines = err.strip().splitlines()
+    assert returncode == code, err
+    assert lines[-1].startswith(f"pfdeploy: {word}") and "Traceback" not in err
