@@ -71,7 +71,9 @@ def nncf_from_onnx(fp32: Path, inputs: np.ndarray, out_xml: Path, **options) -> 
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32))
+    from pfdeploy.runtime.openvino_backend import shared_core
+
+    model = shared_core().read_model(str(fp32))
     dataset = nncf.Dataset([inputs[i:i + 1] for i in range(len(inputs))])
     with contextlib.redirect_stdout(io.StringIO()):  # progress bars
         quantized = nncf.quantize(model, dataset, subset_size=len(inputs), **options)
@@ -82,11 +84,9 @@ def nncf_from_onnx(fp32: Path, inputs: np.ndarray, out_xml: Path, **options) -> 
 
 def compile_plain(path: Path | str):
     """An OpenVINO IR compiled with exactly the properties pfdeploy's openvino backend uses for fp32."""
-    import openvino as ov
+    from pfdeploy.runtime.openvino_backend import compile_config, shared_core
 
-    from pfdeploy.runtime.openvino_backend import compile_config
-
-    return ov.Core().compile_model(str(path), "CPU", compile_config("fp32"))
+    return shared_core().compile_model(str(path), "CPU", compile_config("fp32"))
 
 
 def ir_runner(path: Path):

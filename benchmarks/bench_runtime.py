@@ -123,14 +123,13 @@ def measure_openvino_overhead(path: Path, batches=BATCHES, rounds: int = 61) -> 
     (`infer({0: x}, share_inputs=True)`), the fastest plain OpenVINO call; a separately compiled
     model with the same properties is checked to give identical logits.
     """
-    import openvino as ov
-
     from pfdeploy.runtime import load
+    from pfdeploy.runtime.openvino_backend import shared_core
 
     rows = []
     with load(path, backend="openvino") as session:
         plain = session.compiled_model.create_infer_request()
-        separate = ov.Core().compile_model(str(path), "CPU", session.config).create_infer_request()
+        separate = shared_core().compile_model(str(path), "CPU", session.config).create_infer_request()
         for batch in batches:
             x = session.input_spec.example(batch, seed=0)
             np.testing.assert_array_equal(session(x), separate.infer({0: x}, share_inputs=True)[0])

@@ -365,15 +365,13 @@ class OvRunner:
 def ov_runner(path: Path, how: str) -> OvRunner:
     """`how`: "prod" (pfdeploy.runtime.load, the INT8 OV path), "fold" / "fold-u8" (ov_reencode without /
     with shift_signed), "ir" (an OpenVINO IR)."""
-    import openvino as ov
-
     from pfdeploy.runtime import load
-    from pfdeploy.runtime.openvino_backend import _keep_batch_dynamic, compile_config
+    from pfdeploy.runtime.openvino_backend import _keep_batch_dynamic, compile_config, shared_core
 
     if how == "prod":
         session = load(path, backend="openvino")
         return OvRunner(session.compiled_model, session)
-    core = ov.Core()
+    core = shared_core()
     if how == "ir":
         model = core.read_model(str(path))
     elif how in ("fold", "fold-u8"):
@@ -407,11 +405,9 @@ def runtime_summary(runner: OvRunner, x: np.ndarray) -> list[str]:
 
 def profile(path: Path, how: str, x: np.ndarray, calls: int = 5) -> list[str]:
     """Per-layer exec types and mean ms per call (PERF_COUNT on a separate compile)."""
-    import openvino as ov
+    from pfdeploy.runtime.openvino_backend import _keep_batch_dynamic, compile_config, shared_core
 
-    from pfdeploy.runtime.openvino_backend import _keep_batch_dynamic, compile_config
-
-    core = ov.Core()
+    core = shared_core()
     if how == "ir":
         model = core.read_model(str(path))
     else:

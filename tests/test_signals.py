@@ -116,3 +116,48 @@ def test_stopping_an_openvino_benchmark_exits_cleanly(tmp_path, stop, code, word
     lines = err.strip().splitlines()
     assert returncode == code, err
     assert lines[-1].startswith(f"pfdeploy: {word}") and "Traceback" not in err
+
+
+CLOSED_FIRST_OPENED_FIRST = """
+import ctypes, os, signal, sys
+from pfdeploy.runtime import load
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def signal_stack_is_usable():
+    stack = Stack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+    if stack.flags & 2 or not stack.sp:  # SS_DISABLE: the thread's own stack is used
+        return True
+    for line in open("/proc/self/maps"):
+        low, high = (int(part, 16) for part in line.split()[0].split("-"))
+        if low <= stack.sp and stack.sp + stack.size <= high:
+            return True
+    return False
+
+first = load(sys.argv[1], backend="openvino")
+second = load(sys.argv[1], backend="openvino")
+for session in (first, second):
+    session(session.input_spec.example(2))
+first.close(); del first
+second.close(); del second
+usable = signal_stack_is_usable()
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+os.kill(os.getpid(), signal.SIGTERM)  # CPython handles it on the alternate signal stack (SA_ONSTACK)
+print(usable, got == [signal.SIGTERM])
+"""
+
+
+def test_openvino_sessions_closed_in_opening_order_leave_a_usable_signal_stack(tmp_path):
+    """The crash of issue 16: OpenVINO's CPU plugin gives the thread making an ov.Core a signal stack and
+    unmaps it with that Core, restoring the previous one only if its own is current. With a Core per session,
+    closing the first-opened session first left the thread on an unmapped signal stack and the next SIGTERM
+    or Ctrl-C killed the process with SIGSEGV (exit -11), on every CPU. pfdeploy keeps one Core per process."""
+    pytest.importorskip("openvino", reason="the openvino backend needs pip install 'pfdeploy[openvino]'")
+    run = subprocess.run([sys.executable, "-c", CLOSED_FIRST_OPENED_FIRST, str(conv_classifier(tmp_path / "m.onnx"))],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    assert run.stdout.split() == ["True", "True"]
+

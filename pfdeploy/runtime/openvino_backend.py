@@ -25,6 +25,14 @@
 - **Signals.** Compiling and inference run with SIGINT and SIGTERM held (`pfdeploy._signals`): they are
   delivered when the call returns, never inside OpenVINO's JIT kernels, and OpenVINO's worker threads
   never take them.
+- **One Core per process.** Every session compiles through the same `ov.Core` (`shared_core()`), kept
+  until the interpreter exits. OpenVINO's CPU plugin gives the thread that creates a Core a signal stack
+  of its own (`sigaltstack`, for AMX's larger signal frames) and, when that Core is destroyed, restores
+  the previous one only if its own is still the current one, then unmaps it. Two Cores released in the
+  order they were made (sessions closed first-opened first) therefore leave the thread on an unmapped
+  signal stack, and the next signal Python handles there (Ctrl-C, SIGTERM: CPython installs its handlers
+  with SA_ONSTACK) kills the process with SIGSEGV. One Core that lives as long as the process cannot be
+  released out of order.
 - **Batch.** A dynamic ONNX batch stays dynamic in OpenVINO (reshaped to `?` if the frontend fixed
   it); a fixed batch is kept and enforced by `input_spec`.
 
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +74,21 @@ def import_openvino():
     except ImportError as exc:
         raise MissingDependencyError(f"the openvino backend needs OpenVINO; {INSTALL}") from exc
     return openvino
+
+
+_CORE_LOCK = threading.Lock()
+_CORE: list = []  # the process's one ov.Core, made on first use (see "One Core per process")
+
+
+def shared_core():
+    """The one `openvino.Core` every pfdeploy session uses, made on first call and kept until the process
+    exits (a Core per session crashes the process on the next signal when sessions close out of order)."""
+    with _CORE_LOCK:
+        if not _CORE:
+            ov = import_openvino()
+            with deferred_signals():  # OpenVINO's worker threads start here and inherit the mask
+                _CORE.append(ov.Core())
+        return _CORE[0]
 
 
 def compile_config(precision: str = "fp32", intra_op_threads: int | None = None) -> dict[str, Any]:
@@ -176,7 +200,7 @@ class OpenVinoSession(Session):
         model = load_onnx(path, external_data=False)  # refuses missing/damaged files in one line
         spec, metadata = onnx_input_spec(model, path)  # the same InputSpec the onnxruntime backend gives
         with deferred_signals():  # OpenVINO's worker threads start here and inherit the mask
-            core = ov.Core()
+            core = shared_core()
             ov_model = read_model_for_cpu(core, path, model)
             _keep_batch_dynamic(ov_model, spec.max_batch is None)  # a fixed batch stays fixed
             self._compiled = compiled_for_cpu(core, ov_model, config, path)
