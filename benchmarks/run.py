@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("fp32", "int8", "runtime", "openvino")
+SECTIONS = ("fp32", "int8", "runtime", "openvino", "int8_outliers")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from pfdeploy.calibration.sensitivity import within_points
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,7 @@ def tables_from_report(report: dict[str, Any]) -> str:
     if "int8" in report["options"]["precisions"] and report["options"]["int8_target"] == "tensorrt":
         lines.append("The INT8 graph is the one TensorRT compiles (symmetric Q/DQ); ONNX Runtime CPU runs part "
                      "of it in float, so its CPU speed is not INT8 speed (--int8-target cpu makes a CPU graph).")
+    lines += _int8_budget_lines(report)
     if report.get("reused"):
         lines.append("Every step was reused from the previous run (inputs unchanged).")
     return "\n".join(lines)
@@ -147,6 +151,7 @@ def markdown_from_report(report: dict[str, Any]) -> str:
               f"on {env.get('cpu')} ({env.get('cpu_count')} CPUs), GPU {env.get('gpu') or 'none'}.", ""]
     if report.get("plot"):
         lines += [f"![throughput]({report['plot']})", ""]
+    lines += _int8_sensitivity_section(report)
     lines += ["## Artifacts", ""]
     for artifact in report["artifacts"]:
         lines += _artifact_section(artifact)
@@ -154,6 +159,79 @@ def markdown_from_report(report: dict[str, Any]) -> str:
         [{"step": s["step"], "reused": "yes" if s["reused"] else "no", "seconds when run": s["seconds"]}
          for s in report["steps"]], ["step", "reused", "seconds when run"]), ""]
     return "\n".join(lines)
+
+
+def _failed_int8_graphs(report: dict[str, Any]) -> dict[str, str]:
+    """{INT8 ONNX file: its sha256} for every INT8 graph with a row (ONNX Runtime or OpenVINO) that failed
+    verification or lost more than a point of top-1 against the PyTorch reference."""
+    reference = (report.get("accuracy_reference") or {}).get("top1")
+    failed = {}
+    for artifact in report["artifacts"]:
+        if artifact["precision"] != "int8" or artifact["format"] != "onnx":
+            continue
+        top1 = (artifact.get("accuracy") or {}).get("top1")
+        lost = reference is not None and top1 is not None and not within_points(reference - top1, 1.0)
+        if not (artifact.get("verify") or {}).get("passed") or lost:
+            failed[artifact["file"]] = artifact["sha256"]
+    return failed
+
+
+def _int8_budget_lines(report: dict[str, Any]) -> list[str]:
+    """What `--int8-max-drop` did, from the INT8 graph's `pfdeploy.int8_budget` metadata."""
+    if report["options"].get("int8_max_drop") is None or not report["options"].get("out"):
+        return []
+    from pfdeploy.calibration.budget import BudgetResult, budget_summary
+    from pfdeploy.errors import PfdeployError
+    from pfdeploy.export import read_metadata
+
+    lines = []
+    for artifact in report["artifacts"]:
+        if artifact["precision"] != "int8" or artifact["format"] != "onnx" or artifact.get("backend") != "onnxruntime":
+            continue
+        try:
+            data = json.loads(read_metadata(Path(report["options"]["out"]) / artifact["file"])["pfdeploy.int8_budget"])
+            data.pop("drop", None)
+            lines.append(f"{artifact['file']}: {budget_summary(BudgetResult(**data))}.")
+        except (PfdeployError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: no budget record (%s)", artifact["file"], exc)
+    return lines
+
+
+def _int8_sensitivity_section(report: dict[str, Any]) -> list[str]:
+    """When INT8 fails: the sensitivity analysis `deploy` wrote beside the graph (pfdeploy.calibration.
+    sensitivity), or how to make one."""
+    from pfdeploy.calibration.quantize import sensitivity_paths
+    from pfdeploy.calibration.sensitivity import TABLE_COLUMNS, summary_line, table_rows
+    from pfdeploy.errors import PfdeployError
+    from pfdeploy.limits import read_json_file
+
+    lines = []
+    failed = _failed_int8_graphs(report)
+    out = report["options"].get("out")
+    for file, sha in failed.items() if out else ():
+        json_path, png_path = sensitivity_paths(Path(out) / file)
+        lines += [f"## INT8 sensitivity: {file}", ""]
+        analysis = None
+        if json_path.is_file():
+            try:
+                analysis = read_json_file(json_path, "sensitivity analysis", "it is left out of the report")
+            except PfdeployError as exc:
+                log.warning("%s", exc)
+        if not isinstance(analysis, dict) or analysis.get("int8_sha256") != sha:
+            lines += [f"{file} failed; no analysis of this graph was made (its own check against the FP32 graph "
+                      "passed). Run `pfdeploy quantize FP32.onnx --calib-data DIR --val-data DIR --analyze` for "
+                      "one.", ""]
+            continue
+        lines += [f"{summary_line(analysis)}. Quantized tensors ranked by the noise their own INT8 quantizer adds "
+                  "(local SQNR, whole tensor and median channel; PF = read or written by a max-pool or avg-pool); "
+                  "`float:` what keeping that tensor in float gives. Full analysis: "
+                  f"`{json_path.name}`.", "",
+                  markdown_table(table_rows(analysis, 10), TABLE_COLUMNS), ""]
+        if png_path.is_file():
+            lines += [f"![sensitivity]({png_path.name})", ""]
+        lines += ["Keep the worst in float with `--int8-max-drop POINTS` (with --val-data), or by name with "
+                  "`pfdeploy quantize ... --exclude NODE`.", ""]
+    return lines
 
 
 def plot_from_bench(bench: dict[str, Any], path: Path) -> Path | None:

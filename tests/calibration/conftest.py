@@ -58,3 +58,19 @@ def _top1(onnx_path, images: np.ndarray, labels: np.ndarray) -> float:
     preds = np.concatenate([session.run(None, {name: images[i:i + 100]})[0].argmax(1)
                             for i in range(0, len(images), 100)])
     return 100.0 * float(np.mean(preds == labels))
+
+
+@pytest.fixture(scope="session")
+def outlier_export(tmp_path_factory):
+    """outlier_export(case) -> (FP32 ONNX, checkpoint) of a case of tests/outlier_fixtures.py, exported once."""
+    from outlier_fixtures import CASES, export_outlier
+
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("outlier-onnx")
+
+    def export(case: str):
+        if case not in cache:
+            cache[case] = export_outlier(CASES[case], root)
+        return cache[case]
+
+    return export

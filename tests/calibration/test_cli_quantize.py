@@ -33,3 +33,13 @@ def test_quantize_command_bad_input_is_one_line(tmp_path, capsys):
     fx = get_fixture("r50_hybrid_digits")
     assert main(["quantize", str(fx.checkpoint), "--calib-data", str(empty)]) == 1
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_val_data_without_a_use_is_refused_before_any_work(tmp_path, capsys):
+    """--val-data alone would be read by nothing: one line, not a silently ignored option."""
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(tmp_path / "m.onnx"), "--calib-data", str(DIGITS / "calib"),
+                 "--val-data", str(DIGITS / "val"), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--val-data is read only by --max-drop and --analyze" in err
+    assert not out.exists()
