@@ -116,3 +116,73 @@ def test_cuda_graph_is_captured_on_the_session_device(cheap_onnx, cheap_checkpoi
             x = cpu.input_spec.example(batch, seed=batch)
             assert_close(cpu(x), gpu(x), rel=1e-3)
         assert torch.cuda.current_device() == 0  # the caller's current device is left alone
+
+
+# --- issue 18: folded, compiled and fused paths on CUDA, each verified like an artifact ----------------
+
+
+@pytest.mark.gpu
+def test_cnns_default_to_channels_last_and_folded_on_cuda(cheap_onnx, cheap_checkpoint):
+    path, ckpt = cheap_onnx("r50_hybrid"), cheap_checkpoint("r50_hybrid")
+    with load(path, backend="torch", device="cuda", checkpoint=ckpt) as gpu:
+        plan = gpu.describe()["plan"]
+        assert plan["channels_last"] and plan["fold_bn"] and not plan["fused"]
+        weight = gpu._model.conv1[0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,options", [
+    ("fp16", {"compile": "reduce-overhead"}),  # Inductor with its own CUDA graphs
+    ("fp32", {"compile": "default", "cuda_graph": True}),  # Inductor inside the session's CUDA graph
+])
+def test_compiled_sessions_pass_verify_on_cuda(cheap_onnx, cheap_checkpoint, precision, options):
+    from pfdeploy.runtime.verify import verify_artifact
+
+    path, ckpt = cheap_onnx("r50_hybrid"), cheap_checkpoint("r50_hybrid")
+    report = verify_artifact(path, checkpoint=ckpt, backend="torch", device="cuda", precision=precision,
+                             options=options, samples=10, batch=5)  # top-1 >= 0.9 allows one flip in 10
+    assert report.passed, report.format()
+    assert report.precision == precision
+
+
+@pytest.mark.gpu
+def test_fused_compiled_session_passes_the_fp16_row(cheap_onnx, cheap_checkpoint):
+    from pfdeploy.kernels import triton_problem
+    from pfdeploy.runtime.verify import verify_artifact
+
+    if triton_problem():
+        pytest.skip(triton_problem())
+    path, ckpt = cheap_onnx("r50_max"), cheap_checkpoint("r50_max")
+    with load(path, backend="torch", device="cuda", checkpoint=ckpt, fused=True) as fused, \
+            load(path, backend="torch", checkpoint=ckpt) as cpu:
+        assert fused.describe()["plan"]["fused"]
+        x = cpu.input_spec.example(2)
+        assert_close(cpu(x), fused(x), rel=1e-3)  # FP32, eager, the kernel's dots in IEEE FP32
+    report = verify_artifact(path, checkpoint=ckpt, backend="torch", device="cuda", precision="fp16",
+                             options={"fused": True, "compile": "reduce-overhead"}, samples=10, batch=5)
+    assert report.passed, report.format()
+
+
+@pytest.mark.gpu
+def test_fused_fp16_pt2_package_on_cuda(tmp_path, cheap_checkpoint, cheap):
+    from pfdeploy.errors import PfdeployError
+    from pfdeploy.export.pt2 import pt2_from_model, read_pt2_metadata
+    from pfdeploy.kernels import triton_problem
+    from pfdeploy.runtime.verify import verify_artifact
+
+    if triton_problem():
+        pytest.skip(triton_problem())
+    ckpt = cheap_checkpoint("r50_max")
+    path = pt2_from_model("r50_max", tmp_path / "m.pt2", checkpoint=ckpt, num_classes=10, overrides=cheap("r50_max"),
+                          precision="fp16", batch=5, device="cuda", fused=True, max_autotune=False)
+    meta = read_pt2_metadata(path)
+    assert (meta["pfdeploy.device"], meta["pfdeploy.fused_layers"], meta["AOTI_DEVICE_KEY"]) == ("cuda", "1", "cuda")
+    report = verify_artifact(path, checkpoint=ckpt, samples=10)
+    assert report.passed and report.backend == "pt2" and report.precision == "fp16", report.format()
+    with load(path, cuda_graph=True) as session:
+        assert session.device.startswith("cuda")
+        x = session.input_spec.example(5)
+        assert_close(session(x), session(torch.from_numpy(x).cuda()), rel=1e-3)
+        with pytest.raises(PfdeployError, match="batch range 5..5"):
+            session(session.input_spec.example(3))
