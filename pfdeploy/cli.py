@@ -85,13 +85,21 @@ def _batch_arg(value: str):
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a registered model to ONNX (fp32/fp16, dynamic batch)")
+    p = sub.add_parser("export", help="export a registered model to ONNX (fp32/fp16, dynamic batch) or an "
+                       "AOTInductor .pt2 package")
     p.add_argument("name", help="registered model name or alias (see `pfdeploy list`)")
     p.add_argument("--checkpoint", metavar="PATH", help="weights (.pth state_dict); without it: RANDOM weights")
-    p.add_argument("--output", "-o", metavar="PATH", help="ONNX file (default: NAME[.fp16][.uint8].onnx)")
+    p.add_argument("--output", "-o", metavar="PATH", help="output file (default: NAME[.fp16][.uint8].onnx, "
+                   "or .pt2 with --format pt2)")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx",
+                   help="onnx (default) or pt2: torch.export + AOTInductor, compiled for --device (minutes for "
+                        "full-size models)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="pt2: the device the package runs on (default cpu)")
+    p.add_argument("--fused", action="store_true",
+                   help="pt2 on cuda: the PF layers through pfdeploy's fused Triton kernel (pfdeploy[kernels])")
     p.add_argument("--batch", type=_batch_arg, default="dynamic", help="'dynamic' (default) or a fixed N")
     p.add_argument("--img-size", type=int, metavar="N", help="input resolution (default: the model's)")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset, 18..23 (default 20: GELU as one Gelu op)")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18..23 (default 20: GELU as one Gelu op)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     p.add_argument("--input-format", choices=("float-nchw", "uint8-nhwc"), default="float-nchw",
                    help="uint8-nhwc: raw RGB bytes in, normalization and layout change inside the graph")
@@ -104,6 +112,7 @@ def add_export(sub) -> None:
 def run_export(args) -> int:
     from pfdeploy.deploy.options import parse_overrides
     from pfdeploy.export import describe_onnx, onnx_from_model
+    from pfdeploy.export.onnx import DEFAULT_OPSET
     from pfdeploy.models import resolve_name
 
     name = resolve_name(args.name)
@@ -111,11 +120,16 @@ def run_export(args) -> int:
         raise PfdeployError(f"--num-classes must be >= 1, got {args.num_classes}")
     suffix = ("" if args.precision == "fp32" else f".{args.precision}") + (
         ".uint8" if args.input_format == "uint8-nhwc" else "")
+    common = dict(checkpoint=args.checkpoint, batch=args.batch, img_size=args.img_size, precision=args.precision,
+                  input_format=args.input_format, num_classes=args.num_classes,
+                  overrides=parse_overrides(args.override) or None)
+    if args.format == "pt2":
+        return _export_pt2(args, name, suffix, common)
+    if args.device or args.fused:
+        raise PfdeployError("--device and --fused apply to --format pt2; an ONNX graph runs wherever its backend does")
     output = args.output or f"{name}{suffix}.onnx"
-    path = onnx_from_model(name, output, checkpoint=args.checkpoint, batch=args.batch, img_size=args.img_size,
-                           opset=args.opset, precision=args.precision, input_format=args.input_format,
-                           keep_io_types=not args.fp16_io, num_classes=args.num_classes,
-                           overrides=parse_overrides(args.override) or None)
+    path = onnx_from_model(name, output, opset=args.opset or DEFAULT_OPSET, keep_io_types=not args.fp16_io,
+                           **common)
     info = describe_onnx(path)
     print(f"{path}: {info['nodes']} nodes, {info['parameters'] / 1e6:.2f}M parameters, "
           f"input {info['inputs'][0]['dtype']}{info['inputs'][0]['shape']}, "
@@ -123,19 +137,38 @@ def run_export(args) -> int:
     return 0
 
 
+def _export_pt2(args, name: str, suffix: str, common: dict) -> int:
+    """`export --format pt2`: an AOTInductor package (pfdeploy.export.pt2)."""
+    from pfdeploy.export.pt2 import describe_pt2, pt2_from_model
+
+    if args.opset is not None or args.fp16_io:
+        raise PfdeployError("--opset and --fp16-io apply to ONNX graphs; drop them with --format pt2 (an fp16 "
+                            "package keeps FP32 input and output)")
+    device = args.device or "cpu"
+    path = pt2_from_model(name, args.output or f"{name}{suffix}.pt2", device=device, fused=args.fused, **common)
+    info = describe_pt2(path)
+    meta = info["metadata"]
+    print(f"{path}: AOTInductor package for {device} ({meta.get('AOTI_CPU_ISA') or meta.get('pfdeploy.gpu', '')}), "
+          f"{info['bytes'] / 1e6:.1f} MB, {meta['pfdeploy.precision']}, batch {meta['pfdeploy.batch']}, "
+          f"{meta['pfdeploy.fused_layers']} fused PF layers, weights {meta['pfdeploy.checkpoint_sha256'][:12]}")
+    return 0
+
+
 def add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="compare an ONNX artifact with its PyTorch model; PASS/FAIL")
-    p.add_argument("artifact", help="ONNX file written by pfdeploy (fp32, fp16 or int8)")
+    p = sub.add_parser("verify", help="compare an artifact (ONNX, .pt2) with its PyTorch model; PASS/FAIL")
+    p.add_argument("artifact", help="ONNX file (fp32, fp16 or int8) or .pt2 package written by pfdeploy")
     p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint the artifact was exported from")
     p.add_argument("--samples", type=int, default=8, help="images per input source (default 8)")
     p.add_argument("--data", metavar="DIR", help="also compare on real images from this folder")
     p.add_argument("--batch", type=int, default=4, help="batch size for dynamic-batch graphs (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
-    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
-                   help="runs the artifact (default onnxruntime)")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="openvino: compute precision (bf16: judged with the bf16 tolerances)")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino", "torch", "pt2"],
+                   help="runs the artifact (default: pt2 for a .pt2 package, else onnxruntime); torch: the torch "
+                        "backend's session (BatchNorm folded) on the artifact's model")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="compute precision of openvino (fp32/bf16) or torch (fp32/fp16), judged with its tolerances")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="torch and pt2: where the session runs")
 
 
 def _check_json_output(path, inputs, what: str = "--json") -> None:
@@ -154,7 +187,7 @@ def run_verify(args) -> int:
     _check_json_output(args.json, [args.artifact, args.checkpoint])
     report = verify_artifact(args.artifact, checkpoint=args.checkpoint, samples=args.samples,
                              data=args.data, batch=args.batch, seed=args.seed, backend=args.backend,
-                             precision=args.precision)
+                             precision=args.precision, device=args.device)
     print(report.format())
     if args.json:
         write_json_atomic(args.json, report.to_dict())
@@ -183,6 +216,43 @@ def add_quantize(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling --num-images (default 0)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="calibration cache (default $PFDEPLOY_CACHE or ~/.cache/pfdeploy)")
+    p.add_argument("--no-equalize", action="store_true",
+                   help="skip cross-layer equalization (per-channel scales moved through ReLU, pools and "
+                        "LayerNorm before calibration; weights only, the same ops)")
+    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
+                   help="fold each layer's mean INT8 error into its float bias (auto: on for ResNets, off for "
+                        "transformers, as measured)")
+    p.add_argument("--val-data", metavar="DIR",
+                   help="images that judge the INT8 graph for --max-drop and --analyze (class folders: top-1; "
+                        "otherwise top-1 agreement with FP32); default for --analyze: the calibration images")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="accuracy budget: keep the most sensitive tensors in float until INT8 top-1 is within "
+                        "POINTS of FP32 on --val-data")
+    p.add_argument("--analyze", action="store_true",
+                   help="sensitivity analysis: SQNR of every quantized tensor, what keeping the worst in float "
+                        "buys; table, <output>.sensitivity.json and a bar plot (.png, with matplotlib)")
+
+
+def _print_int8_extras(out, analyzed: bool) -> None:
+    """The budget line and, after --analyze, the ranked sensitivity table and where its files are."""
+    import onnx
+
+    from pfdeploy.calibration.budget import BudgetResult, budget_summary
+    from pfdeploy.calibration.quantize import sensitivity_paths
+    from pfdeploy.calibration.sensitivity import TABLE_COLUMNS, summary_line, table_rows
+    from pfdeploy.limits import read_json_file
+
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    if "pfdeploy.int8_budget" in meta:
+        data = json.loads(meta["pfdeploy.int8_budget"])
+        data.pop("drop", None)
+        print(budget_summary(BudgetResult(**data)))
+    if analyzed:
+        json_path, png_path = sensitivity_paths(out)
+        report = read_json_file(json_path, "sensitivity analysis", "run `pfdeploy quantize --analyze` again")
+        print(summary_line(report))
+        print(text_table(table_rows(report), TABLE_COLUMNS))
+        print(f"sensitivity analysis: {json_path}" + (f", plot {png_path}" if png_path.exists() else ""))
 
 
 def run_quantize(args) -> int:
@@ -191,9 +261,13 @@ def run_quantize(args) -> int:
     from pfdeploy.calibration import int8_from_onnx
     from pfdeploy.calibration.qdq import ort_kernel_report, placement_report
 
+    if args.val_data is not None and args.max_drop is None and not args.analyze:
+        raise PfdeployError("--val-data is read only by --max-drop and --analyze; add one of them, or leave it out")
     out = int8_from_onnx(args.onnx, args.calib_data, args.output, num_images=args.num_images, method=args.method,
                          exclude=args.exclude, seed=args.seed, cache_dir=args.cache_dir, target=args.target,
-                         quantizer=args.quantizer)
+                         quantizer=args.quantizer, equalize=not args.no_equalize,
+                         bias_correction={"auto": None, "on": True, "off": False}[args.bias_correction],
+                         val_data=args.val_data, max_drop=args.max_drop, analyze="yes" if args.analyze else "no")
     placement, kernels = placement_report(onnx.load(str(out), load_external_data=False)), ort_kernel_report(str(out))
     rows = [{"op": op, "in graph": "int8", "count": n, "why": ""} for op, n in sorted(placement["int8"].items())]
     rows += [{"op": op, "in graph": "float", "count": n, "why": placement["reasons"].get(op, "")}
@@ -202,6 +276,7 @@ def run_quantize(args) -> int:
     fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"  # noqa: E731
     print(f"ONNX Runtime CPU kernels, int8: {fmt(kernels['int8'])}")
     print(f"ONNX Runtime CPU kernels, float: {fmt(kernels['float'])}")
+    _print_int8_extras(out, args.analyze)
     print(f"wrote {out}")
     return 0
 
@@ -289,9 +364,10 @@ def run_check_trt(args) -> int:
 
 
 def _runtime_args(p) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt", "pt2"],
                    help="backend (default auto: .onnx -> onnxruntime, or openvino for INT8 graphs where it is "
-                        "faster and for --precision bf16; .plan -> tensorrt; model name -> torch)")
+                        "faster and for --precision bf16; .plan -> tensorrt; .pt2 -> pt2; model name -> torch)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
                    help="compute precision: torch fp32/fp16, openvino fp32/bf16 (bf16 needs AVX512-BF16 or "
                         "AMX); onnxruntime and tensorrt run the artifact's own")
@@ -307,15 +383,9 @@ def _runtime_options(args) -> dict:
     if getattr(args, "precision", None):
         options["precision"] = args.precision
     if getattr(args, "preprocess", None):
-        from pathlib import Path
+        from pfdeploy.calibration.preprocess import preprocess_from_option
 
-        from pfdeploy.calibration.preprocess import Preprocess
-
-        text = Path(args.preprocess).read_text() if Path(args.preprocess).is_file() else args.preprocess
-        try:
-            options["preprocess"] = Preprocess.from_dict(json.loads(text))
-        except (ValueError, TypeError) as exc:
-            raise PfdeployError(f"--preprocess is not a Preprocess JSON object ({exc})") from None
+        options["preprocess"] = preprocess_from_option(args.preprocess)  # JSON or a file, within the JSON limits
     return options
 
 
@@ -329,13 +399,19 @@ def add_bench(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="write the report (schema pfdeploy.bench/1) here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of img/s vs batch (needs matplotlib)")
     p.add_argument("--channels-last", action="store_true", help="torch backend: channels-last memory format")
-    p.add_argument("--cuda-graph", action="store_true", help="torch/tensorrt on CUDA: replay CUDA graphs")
+    p.add_argument("--cuda-graph", action="store_true", help="torch/tensorrt/pt2 on CUDA: replay CUDA graphs")
+    p.add_argument("--compile", nargs="?", const=True, metavar="MODE",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch backend: torch.compile (Inductor); without MODE: max-autotune on CUDA, default on CPU")
+    p.add_argument("--fused", action="store_true", help="torch backend on CUDA: PF layers through pfdeploy's "
+                   "fused Triton kernel (pfdeploy[kernels])")
 
 
 def run_bench(args) -> int:
     from pfdeploy._io import write_json_atomic
-    from pfdeploy.runtime.bench import benchmark, format_table, plot_throughput
+    from pfdeploy.runtime.bench import benchmark, check_batches, format_table, plot_throughput
 
+    batches = check_batches(args.batch, "--batch")
     _check_json_output(args.json, args.targets)
     _check_json_output(args.plot, [*args.targets, args.json], "--plot")
     options = _runtime_options(args)
@@ -343,7 +419,11 @@ def run_bench(args) -> int:
         options["channels_last"] = True
     if args.cuda_graph:
         options["cuda_graph"] = True
-    report = benchmark(args.targets, positive_ints(args.batch, "--batch"), args.seconds, args.warmup,
+    if args.compile:
+        options["compile"] = args.compile
+    if args.fused:
+        options["fused"] = True
+    report = benchmark(args.targets, batches, args.seconds, args.warmup,
                        backend=args.backend, device=args.device, **options)
     print(format_table(report))
     if args.json:
@@ -384,6 +464,8 @@ def add_eval(sub) -> None:
     _runtime_args(p)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--limit", type=int, help="evaluate N images drawn with a fixed seed (default: all)")
+    p.add_argument("--labels", metavar="FILE", help="the model's class names, one per line in index order: class "
+                   "folders are matched to them by name (without it, folders must be named by class index)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -391,7 +473,7 @@ def run_eval(args) -> int:
     from pfdeploy.runtime.predict import evaluate
 
     report = evaluate(args.artifact, args.data, batch=args.batch, limit=args.limit, backend=args.backend,
-                      device=args.device, **_runtime_options(args))
+                      device=args.device, labels=args.labels, **_runtime_options(args))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -425,7 +507,13 @@ def add_deploy(sub) -> None:
                    help="graph input: normalized float NCHW (default) or raw uint8 NHWC pixels")
     p.add_argument("--int8-target", choices=["tensorrt", "cpu"],
                    help="INT8 graph for TensorRT (default; symmetric Q/DQ) or for ONNX Runtime CPU kernels")
+    p.add_argument("--int8-max-drop", type=float, metavar="POINTS",
+                   help="INT8 accuracy budget: keep the most sensitive tensors in float until INT8 top-1 on "
+                        "--val-data is within POINTS of FP32 (needs --val-data)")
     p.add_argument("--val-data", metavar="DIR", help="images for verification against PyTorch (optional)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="the model's class names, one per line in index order: --val-data class folders named "
+                        "by them are mapped to outputs by name (without it folders must be named 0, 1, ...)")
     p.add_argument("--verify-samples", type=int, help="images per verification source (default 8)")
     p.add_argument("--out", metavar="DIR", help="output folder (default deploy-out/<name>)")
     p.add_argument("--openvino", choices=["auto", "yes", "no"], default="auto",
@@ -433,11 +521,16 @@ def add_deploy(sub) -> None:
                         "AVX512-BF16/AMX): auto = when OpenVINO is installed (default)")
     p.add_argument("--engines", choices=["auto", "yes", "no"], default="auto",
                    help="TensorRT engines: auto = when TensorRT and a GPU are present (default)")
+    p.add_argument("--pt2", choices=["auto", "yes", "no"], default="auto",
+                   help="AOTInductor .pt2 packages (fp32/fp16), verified and benchmarked: auto = on a CUDA GPU "
+                        "only (default); yes = also on the CPU (fp32; compiling takes minutes for full-size models)")
     p.add_argument("--engine-batch", default="1,8,32", help="engine profile MIN,OPT,MAX (default 1,8,32)")
     p.add_argument("--bench-batch", default="1,8", help="benchmark batch sizes (default 1,8)")
     p.add_argument("--bench-seconds", type=float, default=1.0,
                    help="seconds per artifact and batch (default 1)")
-    p.add_argument("--force", action="store_true", help="redo every step even when its inputs are unchanged")
+    p.add_argument("--force", action="store_true",
+                   help="redo every step even when its inputs are unchanged; also lets --out be a folder that "
+                        "holds files but is not a deploy output (its report.md, bench.json, ... are replaced)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the tables")
 
 
@@ -451,13 +544,18 @@ def _deploy_options(args):
         raise PfdeployError("deploy needs a model NAME or --fixture NAME (not both); see `pfdeploy list`")
     common = {
         "precisions": args.precision, "engines": args.engines, "openvino": args.openvino, "force": args.force,
+        "pt2": args.pt2,
         "engine_batch": parse_batch_range(args.engine_batch, "--engine-batch"), "bench_batches": args.bench_batch,
         "bench_seconds": args.bench_seconds,
     }
     optional = {"calib_images": args.calib_images, "calib_method": args.calib_method,
                 "int8_target": args.int8_target, "input_format": args.input_format,
-                "verify_samples": args.verify_samples}
+                "verify_samples": args.verify_samples, "int8_max_drop": args.int8_max_drop}
     common.update({k: v for k, v in optional.items() if v is not None})
+    if args.labels is not None:
+        from pfdeploy.runtime.predict import read_label_names
+
+        common["class_names"] = tuple(read_label_names(args.labels))
     paths = {"calib_data": args.calib_data, "val_data": args.val_data, "checkpoint": args.checkpoint}
     paths = {k: Path(v) for k, v in paths.items() if v is not None}
     stem = args.fixture or args.name

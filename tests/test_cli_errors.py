@@ -267,7 +267,12 @@ def test_non_utf8_file_names_work_in_every_image_command(files, tmp_path, capsys
         os.makedirs(folder)
         shutil.copy(files["image"], os.path.join(folder, b"\xff-image.png"))
     image = os.fsdecode(os.path.join(os.fsencode(odd), b"a", b"\xff-image.png"))
-    assert main(["eval", str(files["good"]), "--data", str(odd), "--json"]) == 0
+    # eval maps class folders by name: numeric ones (output indices) inside a Latin-1 folder, Latin-1 files.
+    labelled = os.path.join(os.fsencode(tmp_path), b"val-\xe9")
+    for cls in (b"0", b"1"):
+        os.makedirs(os.path.join(labelled, cls))
+        shutil.copy(files["image"], os.path.join(labelled, cls, b"\xff-image.png"))
+    assert main(["eval", str(files["good"]), "--data", os.fsdecode(labelled), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
     assert main(["quantize", str(files["good"]), "--calib-data", str(odd), "--cache-dir", str(tmp_path / "c"),
                  "--output", str(tmp_path / "q.onnx")]) == 0

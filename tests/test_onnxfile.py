@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -95,3 +98,99 @@ def test_external_data_checked(tmp_path):
     (tmp_path / "m.data").unlink()
     with pytest.raises(PfdeployError, match="external data file 'm.data' is missing"):
         load_onnx(path)
+
+
+def _external_model(tmp_path, **entries) -> Path:
+    """m.onnx whose initializer `w` names external data with the given entries (location, offset, length)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(matmul_model(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    model = onnx.load(path, load_external_data=False)
+    tensor = model.graph.initializer[0]
+    info = {e.key: e.value for e in tensor.external_data}
+    info.update(entries)
+    del tensor.external_data[:]
+    for key, value in info.items():
+        tensor.external_data.add(key=key, value=value)
+    onnx.save(model, path)
+    return path
+
+
+HOSTILE_LOCATIONS = [
+    ({"location": "/etc/passwd"}, "an absolute path"),
+    ({"location": "../../../../../../etc/passwd"}, "outside the model's folder"),
+    ({"location": "sub/../../x.data"}, "outside the model's folder"),
+    ({"length": "abc"}, "length of 'abc', not a non-negative integer"),
+    ({"offset": "-100"}, "offset of '-100', not a non-negative integer"),
+]
+
+
+@pytest.mark.parametrize("entries, words", HOSTILE_LOCATIONS)
+def test_external_data_must_be_a_relative_regular_file_inside_the_folder(tmp_path, entries, words):
+    """onnx's ValidationError (absolute, escaping) and ValueError (length/offset) were tracebacks (issue 20)."""
+    path = _external_model(tmp_path, **entries)
+    for kwargs in ({}, {"external_data": False}, {"external_data": False, "check_data": False}):
+        with pytest.raises(PfdeployError, match=re.escape(words)) as err:
+            load_onnx(path, **kwargs)
+        assert "\n" not in str(err.value) and "relative path to a regular file inside the model's folder" in \
+            str(err.value)
+
+
+def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x00" * 64)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "w.data").symlink_to(secret)
+    path = _external_model(model_dir, location="w.data")
+    with pytest.raises(PfdeployError, match="outside the model's folder"):
+        load_onnx(path, external_data=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
+    from fuzz.harness import no_hang
+
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)  # `bench`, `check-trt` and `info --onnx` hung on it until killed
+    with no_hang(20), pytest.raises(PfdeployError, match="is a FIFO, not a regular file"):
+        load_onnx(fifo)
+    data_fifo = tmp_path / "d"
+    data_fifo.mkdir()
+    path = _external_model(data_fifo, location="w.fifo")
+    os.mkfifo(data_fifo / "w.fifo")
+    with no_hang(20), pytest.raises(PfdeployError, match="not a regular file"):
+        load_onnx(path)
+
+
+@pytest.mark.parametrize("command", [["check-trt"], ["info", "--onnx"], ["triton", "--repo", "REPO"]])
+@pytest.mark.parametrize("entries, words", HOSTILE_LOCATIONS[:2])
+def test_cli_readers_refuse_hostile_external_data_and_copy_nothing(tmp_path, capsys, command, entries, words):
+    """`triton` copied /etc/passwd into the repository with exit 0 (issue 19, item 1); `info` and
+    `check-trt` stopped with a traceback."""
+    from pfdeploy.cli import main
+
+    path = _external_model(tmp_path, **entries)
+    repo = tmp_path / "repo"
+    argv = [str(repo) if a == "REPO" else a for a in command]
+    argv = [argv[0], str(path), *argv[1:]] if argv[0] != "info" else [*argv, str(path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not repo.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("command", [["check-trt", "FIFO"], ["info", "--onnx", "FIFO"],
+                                     ["bench", "FIFO", "--seconds", "0.01"]])
+def test_cli_commands_refuse_a_fifo_onnx_without_hanging(tmp_path, capsys, command):
+    from fuzz.harness import no_hang
+
+    from pfdeploy.cli import main
+
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    with no_hang(20):  # these hung until killed (issue 20)
+        assert main([str(fifo) if a == "FIFO" else a for a in command]) == 1
+    err = capsys.readouterr().err
+    assert "is a FIFO, not a regular file" in err and err.count("\n") == 1

@@ -8,7 +8,6 @@ digits' mean/std: not the registry's ImageNet defaults).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ class Fixture:
     calib_dir: Path
     val_dir: Path
     fp32_top1: float
+    classes: tuple[str, ...] = ()  # the names of the model's outputs, in index order (eval maps folders by them)
 
     def create(self):
         """The model with its trained weights, in eval mode."""
@@ -43,11 +43,55 @@ class Fixture:
         return model.eval()
 
 
+FIX = "regenerate it with `python scripts/train_fixtures.py`"
+
+
 def _index(root: Path) -> dict[str, Any]:
+    from pfdeploy.limits import read_json_file
+
     path = root / "fixtures.json"
-    if not path.is_file():
+    if not path.exists():
         raise PfdeployError(f"no {path}; run `python scripts/train_fixtures.py` in a source checkout")
-    return json.loads(path.read_text())
+    index = read_json_file(path, "fixture index", FIX)  # regular file, JSON within the limits
+    if not isinstance(index, dict):
+        raise PfdeployError(f"{path} holds a {type(index).__name__}, not an object of fixtures; {FIX}")
+    return index
+
+
+def _relative(value: Any) -> bool:
+    """A non-empty relative path that stays inside its folder (no `..`)."""
+    return isinstance(value, str) and bool(value) and "\0" not in value and not Path(value).is_absolute() and \
+        ".." not in Path(value).parts
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one fixture's entry of fixtures.json (None if nothing)."""
+    from pfdeploy.limits import MAX_NUM_CLASSES
+
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if not isinstance(entry.get("model"), str):
+        return "model must be a registered model name"
+    classes = entry.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_NUM_CLASSES:
+        return f"num_classes must be an integer in 1..{MAX_NUM_CLASSES}"
+    if not isinstance(entry.get("overrides"), dict):
+        return "overrides must be an object of create_model arguments"
+    if not _relative(entry.get("checkpoint")):
+        return "checkpoint must be a file name relative to the fixture folder (inside it)"
+    if not isinstance(entry.get("preprocess"), dict):
+        return "preprocess must be an object"
+    data = entry.get("data")
+    if not isinstance(data, dict) or not all(_relative(data.get(k)) for k in ("calib", "val")):
+        return "data must hold calib and val folders relative to the fixtures' parent folder (inside it)"
+    names = data.get("classes")
+    if names is not None and (not isinstance(names, list) or len(names) != classes or
+                              not all(isinstance(n, str) and n for n in names)):
+        return "data.classes must list num_classes class names"
+    top1 = (entry.get("fp32_top1") or {}).get("val") if isinstance(entry.get("fp32_top1"), dict) else None
+    if not isinstance(top1, (int, float)) or isinstance(top1, bool) or not 0 <= top1 <= 100:
+        return "fp32_top1.val must be a percentage"
+    return None
 
 
 def list_fixtures(root: str | Path | None = None) -> list[str]:
@@ -56,23 +100,33 @@ def list_fixtures(root: str | Path | None = None) -> list[str]:
 
 
 def get_fixture(name: str, root: str | Path | None = None) -> Fixture:
-    """The description of fixture `name`, with absolute paths."""
+    """The description of fixture `name`, with absolute paths; an entry of the wrong shape (a value of the
+    wrong type, an absolute path, a bad preprocess) is one PfdeployError line naming the field."""
     root = Path(root or DEFAULT_ROOT)
     index = _index(root)
     if name not in index:
-        raise PfdeployError(f"unknown fixture {name!r}; choose one of: {', '.join(sorted(index))}")
+        names = [n if n.isprintable() else repr(n) for n in sorted(index)[:10]]
+        raise PfdeployError(f"unknown fixture {name!r}; choose one of: {', '.join(names)}")
     entry = index[name]
+    problem = _entry_problem(entry)
+    if problem:
+        raise PfdeployError(f"{root / 'fixtures.json'}: fixture {name!r}: {problem}; {FIX}")
+    try:
+        preprocess = Preprocess.from_dict(entry["preprocess"])
+    except PfdeployError as exc:
+        raise PfdeployError(f"{root / 'fixtures.json'}: fixture {name!r}: {exc}; {FIX}") from None
     data_root = root.parent
     return Fixture(
         name=name,
         model=entry["model"],
-        num_classes=int(entry["num_classes"]),
+        num_classes=entry["num_classes"],
         overrides=dict(entry["overrides"]),
         checkpoint=root / entry["checkpoint"],
-        preprocess=Preprocess.from_dict(entry["preprocess"]),
+        preprocess=preprocess,
         calib_dir=data_root / entry["data"]["calib"],
         val_dir=data_root / entry["data"]["val"],
         fp32_top1=float(entry["fp32_top1"]["val"]),
+        classes=tuple(entry["data"].get("classes") or (str(i) for i in range(entry["num_classes"]))),
     )
 
 

@@ -2,24 +2,29 @@
 
 A source is an ImageNet-style class folder (`DIR/<class>/*.jpg`, labels from the sorted class
 names), a flat folder of images, or an `.npy`/`.npz` array of images (N, H, W[, 3]) uint8. Images
-are decoded with Pillow; unreadable files are skipped and counted, never fatal; images larger than
-`max_pixels` (decompression bombs) are refused before they are decoded. Order and sampling are
-deterministic: all images in sorted order, or `num_images` of them drawn by `seed`.
+are decoded with Pillow into 8-bit RGB (16-bit and float images scaled, see
+`preprocess.rgb8_from_image`); unreadable files are skipped and counted, never fatal; images larger
+than `max_pixels` (pfdeploy.limits.MAX_IMAGE_PIXELS: decompression bombs) are refused before they are
+decoded. An array's header is checked (shape, dtype, bytes stored, MAX_ARRAY_BYTES) before numpy reads
+it. Order and sampling are deterministic: all images in sorted order, or `num_images` of them drawn by
+`seed`.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from pfdeploy.calibration.preprocess import Preprocess, crop_uint8, normalize_uint8
+from pfdeploy.calibration.preprocess import Preprocess, crop_uint8, normalize_uint8, rgb8_from_image
 from pfdeploy.errors import PfdeployError
+from pfdeploy.limits import MAX_ARRAY_BYTES, MAX_IMAGE_PIXELS, require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 ARRAY_SUFFIXES = {".npy", ".npz"}
 ARRAY_KEYS = ("images", "x", "data", "arr_0")
 LABEL_KEYS = ("labels", "y", "targets")
-MAX_PIXELS = 64_000_000  # ~8000x8000: far beyond any classification input, well below a bomb
+ARRAY_FIX = "save the images with numpy.save / numpy.savez as uint8 (N, H, W[, 3]) (labels: integers >= 0)"
+
+
+class ImageProblem(PfdeployError):
+    """An image file that cannot be used: `refused` (too large, a 16-bit or float image without a scale)
+    or unreadable (not an image, truncated, damaged)."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass
@@ -119,21 +133,72 @@ def _folder_items(root: Path, stats: ImageStats) -> list[_Item]:
     return [_Item(p, -1) for p in sorted(root.iterdir()) if _is_image(p)]
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PfdeployError(f"{path} is not a readable .npy/.npz array ({exc}); save it with numpy.save") from exc
-    if isinstance(loaded, np.ndarray):
-        return loaded, None
-    with loaded:
-        key = next((k for k in ARRAY_KEYS if k in loaded.files), None)
-        if key is None and len(loaded.files) == 1:
-            key = loaded.files[0]
+def _npy_header(fp, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, read without reading the data."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"{what}: .npy format version {version} is not known")
+    return tuple(shape), dtype
+
+
+def _check_array_header(shape: tuple[int, ...], dtype: np.dtype, stored: int, what: str) -> None:
+    """Refuse an array whose header claims more bytes than are stored, or more than MAX_ARRAY_BYTES, before
+    numpy allocates it (a header may claim any shape)."""
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise PfdeployError(f"{what} holds {dtype} data, not numbers; {ARRAY_FIX}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise PfdeployError(f"{what} holds {nbytes} bytes of images, over pfdeploy's limit of {MAX_ARRAY_BYTES}; "
+                            "use fewer or smaller images")
+    if nbytes > stored:
+        raise PfdeployError(f"{what} declares {shape} {dtype} ({nbytes} bytes) but holds {stored}; the file is "
+                            "truncated or damaged")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as fp:
+        shape, dtype = _npy_header(fp, str(path))
+        _check_array_header(shape, dtype, path.stat().st_size - fp.tell(), str(path))
+        fp.seek(0)
+        return np.load(fp, allow_pickle=False)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with zipfile.ZipFile(path) as archive:
+        names = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
+        key = next((k for k in ARRAY_KEYS if k in names), None)
+        if key is None and len(names) == 1:
+            key = next(iter(names))
         if key is None:
-            raise PfdeployError(f"{path} holds {loaded.files}; name the image array one of {ARRAY_KEYS}")
-        labels_key = next((k for k in LABEL_KEYS if k in loaded.files), None)
-        return loaded[key], (loaded[labels_key] if labels_key else None)
+            raise PfdeployError(f"{path} holds {sorted(names)[:10]}; name the image array one of {ARRAY_KEYS}")
+        labels_key = next((k for k in LABEL_KEYS if k in names and k != key), None)
+
+        def member(name: str) -> np.ndarray:
+            info = archive.getinfo(names[name])
+            with archive.open(info) as fp:
+                shape, dtype = _npy_header(fp, f"{path}:{name}")
+                _check_array_header(shape, dtype, info.file_size - fp.tell(), f"{path}:{name}")
+            with archive.open(info) as fp:
+                return np.lib.format.read_array(fp, allow_pickle=False)
+
+        return member(key), (member(labels_key) if labels_key else None)
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) of an .npy/.npz file, each array's header checked before it is read."""
+    try:
+        if zipfile.is_zipfile(path):
+            return _read_npz(path)
+        return _read_npy(path), None
+    except PfdeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's and zipfile's errors on a damaged file
+        raise PfdeployError(f"{path} is not a readable .npy/.npz array ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); {ARRAY_FIX}") from None
 
 
 def _as_nhwc_uint8(array: np.ndarray, path: Path) -> np.ndarray:
@@ -146,37 +211,73 @@ def _as_nhwc_uint8(array: np.ndarray, path: Path) -> np.ndarray:
         array = np.moveaxis(array, 1, -1)
     if array.shape[-1] not in (1, 3):
         raise PfdeployError(f"{path}: expected 1 or 3 channels, got shape {array.shape}")
+    height, width = array.shape[1:3]
+    if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+        raise PfdeployError(f"{path}: images of {height}x{width} pixels; each must have 1..{MAX_IMAGE_PIXELS} pixels")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
             raise PfdeployError(f"{path}: expected uint8 images or floats in [0, 1], got {array.dtype}")
-        array = np.round(array * 255.0).astype(np.uint8)
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise PfdeployError(f"{path}: expected uint8 images or floats in [0, 1], got {array.dtype} values "
+                                "outside [0, 1] (or NaN)")
+        array = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
     return array
 
 
-def _open_file(path: Path, max_pixels: int) -> Image.Image:
-    """Decode one file, refusing anything over `max_pixels` before decoding its pixels."""
+def _checked_labels(labels: np.ndarray | None, count: int, path: Path) -> np.ndarray | None:
+    """The labels of an array source as int64 class indices, or a one-line refusal."""
+    if labels is None:
+        return None
+    if labels.ndim != 1 or len(labels) != count or not np.issubdtype(labels.dtype, np.integer) or \
+            (labels.size and labels.min() < 0):
+        raise PfdeployError(f"{path}: labels must be {count} integer class indices >= 0, one per image, got "
+                            f"{labels.dtype} {labels.shape}; {ARRAY_FIX}")
+    return labels.astype(np.int64)
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file into 8-bit RGB (`rgb8_from_image`), or raise an ImageProblem (a PfdeployError).
+
+    A FIFO or device is refused before it is opened; an image over `max_pixels` (a decompression bomb) is
+    refused from its header, before its pixels are decoded; whatever Pillow raises on a file that is not
+    an image, or is truncated or damaged, is one line naming the file.
+    """
+    path = require_regular_file(path, "image", "give an image file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:  # reads the header only
-            if image.width * image.height > max_pixels:
-                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels > {max_pixels}")
-            image.load()
-            return image.convert("RGB")
+        try:
+            with Image.open(path) as image:  # reads the header only
+                if image.width * image.height > max_pixels:
+                    raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels > {max_pixels}")
+                image.load()
+                return rgb8_from_image(image, str(path))
+        except ImageProblem:
+            raise
+        except PfdeployError as exc:  # rgb8_from_image: a 16-bit or float image without a scale
+            raise ImageProblem(str(exc), refused=True) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageProblem(f"image {path} is refused as a decompression bomb ({exc}); pfdeploy decodes at most "
+                               f"{max_pixels} pixels: resize it", refused=True) from None
+        except Exception as exc:  # noqa: BLE001 - Pillow's errors on a hostile file (OSError, SyntaxError, ...)
+            reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+            raise ImageProblem(f"cannot read image {path} ({type(exc).__name__}: {reason}); it is not an image, "
+                               "or is truncated or damaged") from None
 
 
 class ImageSource:
     """A resolved image source: its items (files or array rows) and labels."""
 
-    def __init__(self, source: str | Path, *, max_pixels: int = MAX_PIXELS):
+    def __init__(self, source: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS):
         path = Path(source)
         self.path, self.max_pixels, self.array = path, max_pixels, None
         self.stats = ImageStats(str(path), "flat-folder")
         if path.is_dir():
             self.items = _folder_items(path, self.stats)
-        elif path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
+        elif path.suffix.lower() in ARRAY_SUFFIXES and path.exists():
+            require_regular_file(path, "image array", "give an .npy/.npz file")
             array, labels = _read_array(path)
             self.array, self.stats.kind = _as_nhwc_uint8(array, path), "array"
-            labels = labels if labels is not None and len(labels) == len(self.array) else None
+            labels = _checked_labels(labels, len(self.array), path)
             self.items = [_Item(i, int(labels[i]) if labels is not None else -1) for i in range(len(self.array))]
         elif not path.exists():
             raise PfdeployError(f"image source {path} does not exist; pass a folder of images or an .npy/.npz file")
@@ -204,11 +305,11 @@ class ImageSource:
             pixels = self.array[item.ref]
             return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
         try:
-            return _open_file(item.ref, self.max_pixels)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            self.stats.note("refused", str(item.ref), f"decompression bomb: {exc}")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            self.stats.note("skipped", str(item.ref), f"{type(exc).__name__}: {exc}")
+            return read_image(item.ref, self.max_pixels)
+        except ImageProblem as exc:
+            self.stats.note("refused" if exc.refused else "skipped", str(item.ref), str(exc))
+        except PfdeployError as exc:  # gone, or replaced by a FIFO, since the folder was listed
+            self.stats.note("skipped", str(item.ref), str(exc))
         return None
 
     def iter_labeled(self, num_images: int | None = None, seed: int = 0) -> Iterator[tuple[Image.Image, int]]:
@@ -225,14 +326,14 @@ class ImageSource:
 
 
 def iter_images(source: str | Path, *, num_images: int | None = None, seed: int = 0,
-                max_pixels: int = MAX_PIXELS) -> tuple[Iterator[Image.Image], ImageStats]:
+                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Iterator[Image.Image], ImageStats]:
     """(iterator of RGB PIL images, stats that fill in as it is consumed) for an image source."""
     src = ImageSource(source, max_pixels=max_pixels)
     return (image for image, _ in src.iter_labeled(num_images, seed)), src.stats
 
 
 def load_labeled(source: str | Path, pre: Preprocess, *, num_images: int | None = None, seed: int = 0,
-                 layout: str = "nchw", max_pixels: int = MAX_PIXELS,
+                 layout: str = "nchw", max_pixels: int = MAX_IMAGE_PIXELS,
                  progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, ImageStats]:
     """(batch, labels, stats): preprocessed images of a source and their labels (-1 if unlabeled).
 
@@ -263,6 +364,6 @@ def load_labeled(source: str | Path, pre: Preprocess, *, num_images: int | None 
 
 
 def load_batch(source: str | Path, pre: Preprocess, *, num_images: int | None = None, seed: int = 0,
-               layout: str = "nchw", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+               layout: str = "nchw", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Preprocessed images of a source as one array (see `load_labeled`)."""
     return load_labeled(source, pre, num_images=num_images, seed=seed, layout=layout, max_pixels=max_pixels)[0]

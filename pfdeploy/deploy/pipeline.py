@@ -206,6 +206,20 @@ def _openvino_variants(state: StepState, opts: DeployOptions, made: dict, plan: 
     return artifacts
 
 
+def _pt2_packages(state: StepState, opts: DeployOptions, plan: dict, checkpoint_sha: str) -> list[dict]:
+    """The AOTInductor .pt2 packages of `steps.pt2_plan`, each verified against PyTorch in its pt2 session."""
+    artifacts = []
+    for precision in plan["precisions"]:
+        made = steps.pt2_package(state, opts, precision, plan["device"], checkpoint_sha)
+        entry = _artifact_entry(made["path"], "pt2", precision, made)
+        entry.update(backend="pt2", device=plan["device"],
+                     tensorrt_check={"checked": False, "why": "an AOTInductor package, not an ONNX graph"})
+        verified = steps.verify_onnx(state, opts, made["path"], entry["sha256"], checkpoint_sha, backend="pt2")
+        entry["verify"] = verify_summary(verified["result"], precision)
+        artifacts.append(entry)
+    return artifacts
+
+
 def trt_check_failures(report: dict[str, Any]) -> list[str]:
     """'FILE: first violation' for every graph meant for TensorRT that is outside its documented support."""
     failed = []
@@ -223,7 +237,7 @@ def trt_check_failures(report: dict[str, Any]) -> list[str]:
 def deploy(opts: DeployOptions) -> dict[str, Any]:
     """Run the whole pipeline into `opts.out`; returns the report dict (also report.json / report.md)."""
     import onnxruntime  # noqa: F401 - imported so that environment() reports its version
-    import torch  # noqa: F401
+    import torch
 
     from pfdeploy.deploy.openvino import openvino_plan, plan_summary
     from pfdeploy.deploy.report import fastest_verified, markdown_from_report, plot_from_bench
@@ -231,6 +245,12 @@ def deploy(opts: DeployOptions) -> dict[str, Any]:
     opts = check_options(opts)
     engines = steps.engine_environment(opts.engines)  # `--engines yes` fails here, before any work
     ov_plan = openvino_plan(opts.openvino, opts.precisions)  # so does `--openvino yes` without OpenVINO
+    from pfdeploy.export.pt2 import pt2_toolchain_problem
+
+    cuda = torch.cuda.is_available()
+    toolchain = None if opts.pt2 == "no" or (opts.pt2 == "auto" and not cuda) else \
+        pt2_toolchain_problem("cuda" if cuda else "cpu")
+    pt2 = steps.pt2_plan(opts.pt2, opts.precisions, cuda, toolchain)  # `--pt2 yes` without a toolchain fails here
     opts.out.mkdir(parents=True, exist_ok=True)
     state = StepState(opts.out, force=opts.force)
     checkpoint_sha = sha256_file(opts.checkpoint) if opts.checkpoint else "random"
@@ -243,11 +263,13 @@ def deploy(opts: DeployOptions) -> dict[str, Any]:
     artifacts += _engines(state, opts, engines[0], {a["precision"]: a for a in artifacts})
     artifacts += _openvino_variants(state, opts, made, ov_plan, checkpoint_sha,
                                     {a["precision"]: a for a in artifacts if a["format"] == "onnx"})
+    artifacts += _pt2_packages(state, opts, pt2, checkpoint_sha)
     reference = _accuracy(state, opts, artifacts, made["fp32"]["path"], checkpoint_sha)
     bench = _bench(state, opts, artifacts)
     write_json_atomic(opts.out / "bench.json", bench)
     report = report_from_run(opts, state, checkpoint_sha, made["fp32"]["path"], artifacts, reference, engines)
     report["openvino"] = plan_summary(ov_plan, [a["label"] for a in artifacts if a["backend"] == "openvino"])
+    report["pt2"] = {**pt2, "packages": [a["file"] for a in artifacts if a["format"] == "pt2"]}
     report["fastest_verified"] = fastest_verified(artifacts)
     plot = plot_from_bench(bench, opts.out / "throughput.png")
     report["plot"] = plot.name if plot else None

@@ -57,20 +57,83 @@ def fp16_graph(state: StepState, opts: DeployOptions, fp32: Path) -> dict:
 
 
 def int8_graph(state: StepState, opts: DeployOptions, fp32: Path) -> dict:
-    """`<stem>.fp32.onnx` + calibration images -> `<stem>.int8.onnx` (Q/DQ) with int8_from_onnx."""
+    """`<stem>.fp32.onnx` + calibration images -> `<stem>.int8.onnx` (Q/DQ) with int8_from_onnx: equalized,
+    within `--int8-max-drop` on --val-data when given, and with its sensitivity analysis beside it
+    (`<stem>.int8.sensitivity.json/.png`) when it fails verify's INT8 tolerances against FP32 there."""
     from pfdeploy.calibration import int8_from_onnx
+    from pfdeploy.calibration.quantize import sensitivity_paths
 
     out = artifact_path(opts, "int8")
     inputs = {"fp32_sha256": state.output_sha("export fp32", fp32), "calib": fingerprint_dir(opts.calib_data),
               "num_images": opts.calib_images, "method": opts.calib_method, "target": opts.int8_target,
-              "version": __version__}
+              "equalize": True, "max_drop": opts.int8_max_drop, "judged_on": fingerprint_dir(opts.val_data),
+              "analyze": "if-failing", "version": __version__}
 
     def run() -> dict:
         int8_from_onnx(fp32, opts.calib_data, out, num_images=opts.calib_images, method=opts.calib_method,
-                       cache_dir=opts.out / ".cache", target=opts.int8_target)
+                       cache_dir=opts.out / ".cache", target=opts.int8_target, val_data=opts.val_data,
+                       max_drop=opts.int8_max_drop, analyze="if-failing")
         return {}
 
-    return state.run("quantize int8", inputs, [out], run) | {"path": out}
+    return state.run("quantize int8", inputs, [out, *sensitivity_paths(out)], run) | {"path": out}
+
+
+PT2_PRECISIONS = ("fp32", "fp16")
+
+
+def pt2_plan(mode: str, precisions: tuple[str, ...], cuda: bool, toolchain: str | None = None) -> dict:
+    """Which .pt2 packages deploy compiles: {"device", "precisions", "note", "skipped"} (pure).
+
+    auto: on a CUDA GPU only, for the requested fp32/fp16 (the compiled path is a GPU speed path; on a
+    CPU deploy already serves ONNX Runtime and OpenVINO, and an AOTInductor CPU build of a full-size
+    model takes minutes). yes: also on the CPU, fp32 only (fp16 packages are compiled for CUDA). no: none.
+    `toolchain`: why AOTInductor cannot build here (pfdeploy.export.pt2.pt2_toolchain_problem), or None;
+    auto then skips the packages with that reason, yes refuses in one line before any work.
+    """
+    wanted = tuple(p for p in precisions if p in PT2_PRECISIONS)
+    if mode == "no":
+        return {"device": None, "precisions": [], "note": "not requested (--pt2 no)", "skipped": []}
+    if mode == "auto" and not cuda:
+        return {"device": None, "precisions": [], "skipped": [],
+                "note": "no CUDA GPU: --pt2 auto compiles packages on GPU machines only (--pt2 yes for the CPU)"}
+    device = "cuda" if cuda else "cpu"
+    chosen = [p for p in wanted if device == "cuda" or p == "fp32"]
+    skipped = [{"precision": p, "reason": "fp16 .pt2 packages are compiled for CUDA"} for p in wanted
+               if p not in chosen]
+    if chosen and toolchain:
+        if mode == "yes":
+            raise MissingDependencyError(f"--pt2 yes: {toolchain}")
+        return {"device": None, "precisions": [], "note": f"no .pt2 packages: {toolchain}",
+                "skipped": skipped + [{"precision": p, "reason": toolchain} for p in chosen]}
+    return {"device": device, "precisions": chosen, "skipped": skipped,
+            "note": f"AOTInductor packages for {device}" if chosen else "no fp32/fp16 precision requested"}
+
+
+def pt2_package(state: StepState, opts: DeployOptions, precision: str, device: str, checkpoint_sha: str) -> dict:
+    """PyTorch -> `<stem>.<precision>.pt2` with pfdeploy.export.pt2.pt2_from_model (keyed on the model, the
+    device it is compiled for and the torch that compiles it)."""
+    import torch
+
+    from pfdeploy._cpu import cpu_summary
+    from pfdeploy.export.pt2 import pt2_from_model
+
+    out = artifact_path(opts, precision, ".pt2")
+    target = torch.cuda.get_device_name() if device == "cuda" else cpu_summary()  # what it is compiled for
+    inputs = {"model": opts.model, "num_classes": opts.num_classes, "overrides": opts.overrides,
+              "checkpoint_sha256": checkpoint_sha, "preprocess": opts.preprocess, "input_format": opts.input_format,
+              "precision": precision, "device": device, "target": target, "torch": torch.__version__,
+              "version": __version__}
+
+    def run() -> dict:
+        from pfdeploy.calibration.preprocess import Preprocess
+
+        pre = None if opts.preprocess is None else Preprocess.from_dict(opts.preprocess)
+        pt2_from_model(opts.model, out, checkpoint=opts.checkpoint, num_classes=opts.num_classes,
+                       overrides=opts.overrides or None, input_format=opts.input_format, preprocess=pre,
+                       precision=precision, device=device)
+        return {}
+
+    return state.run(f"export pt2 {precision}", inputs, [out], run) | {"path": out}
 
 
 def tensorrt_check(opts: DeployOptions, path: Path, precision: str) -> dict:
@@ -118,13 +181,17 @@ def accuracy(state: StepState, opts: DeployOptions, path: Path, sha: str, checkp
 
     inputs = {"sha256": sha, "checkpoint": checkpoint_sha, "data": fingerprint_dir(opts.val_data),
               "backend": backend, "version": __version__}
+    if opts.class_names is not None:
+        inputs["classes"] = list(opts.class_names)
     options = {"checkpoint": opts.checkpoint} if backend == "torch" and opts.checkpoint else {}
+    if backend == "torch":
+        options["fold_bn"] = False  # the reference: the model as trained, not the torch backend's speed path
     if precision is not None:
         inputs["precision"] = options["precision"] = precision
     name = "accuracy pytorch" if backend == "torch" else f"accuracy {label or path.name}"
 
     def run() -> dict:
-        result = evaluate(path, opts.val_data, backend=backend, progress=False, **options)
+        result = evaluate(path, opts.val_data, backend=backend, progress=False, labels=opts.class_names, **options)
         return {k: result[k] for k in ("images", "classes", "top1", "top5", "backend")}
 
     return state.run(name, inputs, [], run)

@@ -111,7 +111,10 @@ def _configure(trt, builder, config, options: BuildOptions, shapes: dict) -> Non
     profile = builder.create_optimization_profile()
     for name, s in shapes.items():
         profile.set_shape(name, s["min"], s["opt"], s["max"])
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # TensorRT: -1 when the profile is invalid
+        described = "; ".join(f"{name} {s['min']}..{s['max']} (opt {s['opt']})" for name, s in shapes.items())
+        raise PfdeployError(f"TensorRT rejected the optimization profile {described} (see its message above; "
+                            "rerun with -v); check --batch MIN,OPT,MAX against the ONNX graph's inputs")
 
 
 REJECTED_CACHE = (
@@ -120,23 +123,34 @@ REJECTED_CACHE = (
 )
 
 
+def _timing_cache_from(config, data: bytes):
+    """config.create_timing_cache(data), or None when TensorRT rejects the bytes by returning None or by
+    raising (it may raise on a damaged file; Polygraphy treats that as no cache too)."""
+    try:
+        return config.create_timing_cache(data)
+    except Exception as exc:  # noqa: BLE001 - TensorRT's exception types are not documented
+        log.debug("create_timing_cache raised %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def use_timing_cache(config, data: bytes | None) -> tuple[object | None, bool]:
     """Give the build a timing cache made from `data` (b"" starts a new one; None: no cache).
 
     Returns (the cache TensorRT uses or None, whether to write it back to the file afterwards). A file
     TensorRT rejects (create_timing_cache returns None, or set_timing_cache returns False) is never
-    overwritten: the build gets a fresh cache that is not saved, and a warning says so.
+    overwritten: the build gets a fresh cache that is not saved, and a warning says so. An exception
+    from create_timing_cache counts as a rejection.
     """
     if data is None:
         return None, False
-    cache = config.create_timing_cache(data)
+    cache = _timing_cache_from(config, data)
     if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
         return cache, True
     if not data:
         log.warning("TensorRT could not create a timing cache; building without one (nothing is saved)")
         return None, False
     log.warning(REJECTED_CACHE)
-    fresh = config.create_timing_cache(b"")
+    fresh = _timing_cache_from(config, b"")
     if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
         log.warning("TensorRT could not create a fresh timing cache either; building without one")
         return None, False

@@ -46,12 +46,15 @@ def _check(result, what: str):
                      error=MissingDependencyError)
 
 
-def gpu_facts(device: int = 0) -> dict:
-    """GPU name, compute capability and CUDA versions via cuda-python (cudaGetDeviceProperties)."""
+def gpu_facts(device: int | None = None) -> dict:
+    """GPU name, compute capability and CUDA versions via cuda-python (cudaGetDeviceProperties) of
+    `device`, by default the thread's current device (where TensorRT builds and deserializes)."""
     from pfdeploy.runtime.cuda_memory import cudart as cuda_runtime
 
     cudart = cuda_runtime()
     count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    if device is None:
+        device = int(_check(cudart.cudaGetDevice(), "cudaGetDevice"))
     if count < 1 or device >= count:
         raise MissingDependencyError(
             f"no CUDA GPU {device} visible ({count} found); TensorRT engines need an NVIDIA GPU"
@@ -75,8 +78,9 @@ def gpu_facts(device: int = 0) -> dict:
     }
 
 
-def current_environment(device: int = 0) -> dict:
-    """{tensorrt_version, cuda_runtime_version, cuda_driver_version, gpu_name, compute_capability, gpu_index}.
+def current_environment(device: int | None = None) -> dict:
+    """{tensorrt_version, cuda_runtime_version, cuda_driver_version, gpu_name, compute_capability, gpu_index}
+    of `device`, by default the thread's current device: the one TensorRT builds on and loads engines on.
 
     Raises MissingDependencyError without TensorRT, cuda-python or a GPU.
     """

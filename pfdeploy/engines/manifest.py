@@ -99,26 +99,129 @@ def write_manifest(plan_path: str | os.PathLike, manifest: dict) -> Path:
 
 def read_manifest(plan_path: str | os.PathLike) -> dict:
     """Read and check the manifest beside `plan_path` (PfdeployError if missing, unreadable, not a
-    manifest, or written by a newer pfdeploy)."""
+    manifest, written by a newer pfdeploy, or holding a value of the wrong type or range: see
+    `manifest_problem`). A FIFO is refused before it is opened; deep or huge JSON like other bad JSON."""
+    from pfdeploy.limits import read_json_file
+
     path = manifest_path(plan_path)
-    if not path.is_file():
+    if not path.exists():
         raise PfdeployError(f"no manifest {path} beside the engine; rebuild it with `pfdeploy build-engine`")
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise PfdeployError(f"{path} cannot be read ({exc}); fix its permissions, or rebuild the engine "
-                            "with --force") from exc
-    except ValueError as exc:
-        raise PfdeployError(f"{path} is not valid JSON ({exc}); rebuild the engine with --force") from exc
+    data = read_json_file(path, "engine manifest", "rebuild the engine with `pfdeploy build-engine --force`")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PfdeployError(f"{path} is not a pfdeploy engine manifest; rebuild the engine with --force")
     version = data.get("manifest_version", 0)
-    if not isinstance(version, int) or version > MANIFEST_VERSION:
+    if not _is_int(version) or version > MANIFEST_VERSION:
         raise PfdeployError(
-            f"{path} was written by a newer pfdeploy (manifest v{version}, this pfdeploy reads "
+            f"{path} was written by a newer pfdeploy (manifest v{str(version)[:20]}, this pfdeploy reads "
             f"v{MANIFEST_VERSION}); upgrade pfdeploy, or rebuild over it with --force"
         )
+    problem = manifest_problem(data)
+    if problem:
+        raise PfdeployError(f"{path} is not a valid engine manifest: {problem}; rebuild the engine with "
+                            "`pfdeploy build-engine --force`")
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dims_problem(field: str, dims, low: int) -> str | None:
+    if not isinstance(dims, list) or not all(_is_int(d) and (d >= low or d == -1 and low < 1) for d in dims):
+        kind = "positive integers" if low >= 1 else "positive integers or -1 (dynamic)"
+        return f"{field} must be a list of {kind}, got {_shown(dims)}"
+    return None
+
+
+def _tensors_problem(field: str, tensors) -> str | None:
+    if not isinstance(tensors, list):
+        return f"{field} must be a list of tensors, got {_shown(tensors)}"
+    for index, tensor in enumerate(tensors):
+        where = f"{field}[{index}]"
+        if not isinstance(tensor, dict):
+            return f"{where} must be an object with name, dtype and shape, got {_shown(tensor)}"
+        if not isinstance(tensor.get("name"), str) or not tensor["name"]:
+            return f"{where}.name must be a non-empty string, got {_shown(tensor.get('name'))}"
+        if not isinstance(tensor.get("dtype"), str):
+            return f"{where}.dtype must be a string, got {_shown(tensor.get('dtype'))}"
+        problem = _dims_problem(f"{where}.shape", tensor.get("shape"), 0)
+        if problem:
+            return problem
+    return None
+
+
+def _strings_problem(field: str, value, optional: tuple[str, ...] = ()) -> str | None:
+    if not isinstance(value, dict):
+        return f"{field} must be an object, got {_shown(value)}"
+    for key in optional:
+        if value.get(key) is not None and not isinstance(value[key], str):
+            return f"{field}.{key} must be a string, got {_shown(value[key])}"
+    return None
+
+
+def manifest_problem(data: dict) -> str | None:
+    """What is wrong with the values of a parsed manifest (None if nothing): each field the runtime, Triton
+    and reuse read has its type and range checked (a batch of 1 <= min <= opt <= max <= MAX_BATCH, shapes
+    of integers, metadata of strings, a plain layer-info file name), so a hand-edited manifest is one line."""
+    from pfdeploy.choices import INPUT_FORMATS
+    from pfdeploy.limits import MAX_BATCH
+
+    plan = data.get("plan")
+    problem = _strings_problem("plan", plan, ("file", "sha256"))
+    if problem:
+        return problem
+    if plan.get("bytes") is not None and (not _is_int(plan["bytes"]) or plan["bytes"] < 0):
+        return f"plan.bytes must be a non-negative integer, got {_shown(plan['bytes'])}"
+    onnx = data.get("onnx") or {}
+    problem = _strings_problem("onnx", onnx, ("file", "sha256"))
+    if problem:
+        return problem
+    meta = onnx.get("metadata") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return f"onnx.metadata must be an object of strings, got {_shown(meta)}"
+    batch = data.get("batch")
+    if not isinstance(batch, dict) or not all(_is_int(batch.get(k)) for k in ("min", "opt", "max")) or not \
+            1 <= batch["min"] <= batch["opt"] <= batch["max"] <= MAX_BATCH:
+        return (f"batch must be {{min, opt, max}} integers with 1 <= min <= opt <= max <= {MAX_BATCH}, got "
+                f"{_shown(batch)}")
+    profile = data.get("profile")
+    if not isinstance(profile, dict) or not profile:
+        return f"profile must be an object of input shapes, got {_shown(profile)}"
+    for name, shapes in profile.items():
+        if not isinstance(shapes, dict):
+            return f"profile[{name[:40]!r}] must be an object with min, opt and max shapes, got {_shown(shapes)}"
+        for key in ("min", "opt", "max"):
+            problem = _dims_problem(f"profile[{name[:40]!r}].{key}", shapes.get(key), 1)
+            if problem:
+                return problem
+        if not len(shapes["min"]) == len(shapes["opt"]) == len(shapes["max"]) == 4:
+            return f"profile[{name[:40]!r}] min, opt and max must be image shapes of rank 4 (NCHW or NHWC)"
+    io = data.get("io")
+    if io is not None:
+        if not isinstance(io, dict):
+            return f"io must be an object with inputs and outputs, got {_shown(io)}"
+        for key in ("inputs", "outputs"):
+            problem = _tensors_problem(f"io.{key}", io.get(key, []))
+            if problem:
+                return problem
+    if data.get("input_format") is not None and data["input_format"] not in INPUT_FORMATS:
+        return f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {_shown(data['input_format'])}"
+    for key in ("model", "precision", "reuse_key", "checkpoint_sha256", "layer_info"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"{key} must be a string, got {_shown(data[key])}"
+    if data.get("layer_info") is not None and Path(data["layer_info"]).name != data["layer_info"]:
+        return f"layer_info must be a file name beside the plan, got {_shown(data['layer_info'])}"
+    for key in ("environment", "build"):
+        section = data.get(key) or {}
+        if not isinstance(section, dict) or not all(v is None or isinstance(v, (str, int, float)) for v in
+                                                    section.values()):
+            return f"{key} must be an object of plain values, got {_shown(section)}"
+    return None
 
 
 def plan_matches(plan_path: str | os.PathLike, manifest: dict) -> bool:
@@ -181,11 +284,35 @@ def _cc_tuple(text) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+#: Major versions across which TensorRT promises that a version-compatible plan loads on the newer runtime
+#: (built -> runtime). TensorRT 10.x "Version Compatibility": "engines built with TensorRT 8 work with
+#: TensorRT 9 and TensorRT 10 runtimes"; TensorRT 11 Support Matrix, "Engine Portability": "TensorRT 10
+#: version-compatible engines can run with a TensorRT 11 runtime, and TensorRT 8 version-compatible engines
+#: can run with a TensorRT 10 runtime. No other combination across major versions is supported." (9 -> 10 is
+#: promised by neither text, so it is not allowed.)
+VERSION_COMPATIBLE_MAJORS = frozenset({(8, 9), (8, 10), (10, 11)})
+#: Version compatibility exists from TensorRT 8.6 on, for the plan's builder and the runtime alike.
+FIRST_VERSION_COMPATIBLE = (8, 6)
+
+
+def version_compatible_problem(built: tuple[int, ...], here: tuple[int, ...]) -> str | None:
+    """Why a version-compatible plan built by TensorRT `built` is outside TensorRT's promise on the newer
+    runtime `here` (version tuples), or None when it is within it."""
+    if built[:2] < FIRST_VERSION_COMPATIBLE or here[:2] < FIRST_VERSION_COMPATIBLE:
+        return "TensorRT has version compatibility from 8.6 on only"
+    if built[0] != here[0] and (built[0], here[0]) not in VERSION_COMPATIBLE_MAJORS:
+        allowed = ", ".join(f"{a} -> {b}" for a, b in sorted(VERSION_COMPATIBLE_MAJORS))
+        return (f"TensorRT promises newer runtimes of the same major version, and across majors only {allowed}; "
+                f"{built[0]} -> {here[0]} is not among them")
+    return None
+
+
 def check_loadable(manifest: dict, environment: dict) -> tuple[bool, str]:
     """Can this engine be deserialized here? (ok, reason): the reason names the mismatch and the fix.
 
     Rules (TensorRT "Engine Compatibility" docs): without version compatibility the TensorRT version must
-    match exactly; with it, the runtime may be the same or newer, never older. Without hardware
+    match exactly; with it (see `version_compatible_problem`), the runtime may be the same or newer within the
+    promise TensorRT makes (same major; across majors only VERSION_COMPATIBLE_MAJORS). Without hardware
     compatibility the compute capability must match; `same-cc` needs the same compute capability (any
     GPU model); `ampere+` needs compute capability 8.0 or newer.
     """
@@ -214,6 +341,9 @@ def check_loadable(manifest: dict, environment: dict) -> tuple[bool, str]:
                 f"engine built with TensorRT {built_trt} cannot run on the older TensorRT {here_trt} "
                 f"(version compatibility is forward only); {rebuild}"
             )
+        problem = version_compatible_problem(_version_tuple(built_trt), _version_tuple(here_trt))
+        if problem:
+            return False, f"version-compatible engine from TensorRT {built_trt} on {here_trt}: {problem}; {rebuild}"
 
     compat = flags.get("hardware_compat", "none")
     cc_text = f"{here_cc[0]}.{here_cc[1]}"

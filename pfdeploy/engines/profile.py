@@ -19,7 +19,10 @@ def parse_batch_range(text: str, what: str = "--batch") -> tuple[int, int, int]:
 
 
 def check_batch_range(batch) -> tuple[int, int, int]:
-    """Validate a (min, opt, max) batch range: positive integers with min <= opt <= max."""
+    """Validate a (min, opt, max) batch range: positive integers with min <= opt <= max <= MAX_BATCH (the
+    largest batch pfdeploy runs; a manifest with a larger one would be refused as damaged)."""
+    from pfdeploy.limits import MAX_BATCH
+
     try:
         lo, opt, hi = (int(b) for b in batch)
     except (TypeError, ValueError):
@@ -28,6 +31,8 @@ def check_batch_range(batch) -> tuple[int, int, int]:
         raise PfdeployError(f"batch range {lo},{opt},{hi}: the minimum batch must be at least 1")
     if not lo <= opt <= hi:
         raise PfdeployError(f"batch range {lo},{opt},{hi}: needs min <= opt <= max, e.g. 1,8,32")
+    if hi > MAX_BATCH:
+        raise PfdeployError(f"batch range {lo},{opt},{hi}: the largest batch pfdeploy runs is {MAX_BATCH}")
     return lo, opt, hi
 
 

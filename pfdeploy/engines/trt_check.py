@@ -13,6 +13,11 @@ TensorRT release (trt_matrix.py, data under engines/data/) and returns every nod
 - uint8-io: UINT8 only as a network input consumed by Cast, or a network output;
 - quantized-type: INT8/INT4/FP8 tensors only from QuantizeLinear (or constant weights) into DequantizeLinear;
 - zero-point: QuantizeLinear/DequantizeLinear zero points constant and 0;
+- uint8-cast: a Cast from UINT8 only to FP32/FP16, a Cast to UINT8 only from them (NvInferRuntimeBase.h);
+- per-channel-qdq: a QuantizeLinear/DequantizeLinear with a 1-D (per-channel) scale only over weights, its
+  input rooted at a constant (NvInfer.h); these two apply when the table's rules state them;
+- graph-order: every node reads only graph inputs, initializers and outputs of earlier nodes (no cycle,
+  no self-loop, nothing dangling), as ONNX requires; a graph that breaks it is reported with that alone;
 - restrictions the table states that a graph shows statically (pooling dilations 1 and 2D/3D,
   no MaxPool Indices, LayerNormalization's Y output only, constant `axes`, Constant attributes,
   Dropout inference-only, TopK sorted with K < 3840, constant OneHot depth): each applies only when
@@ -62,7 +67,18 @@ RULES = {
     "constant-attribute": "Constant: no `sparse_value`, `value_string`, `value_strings`",
     "dropout-training": "Dropout: training mode constant False",
     "topk": "TopK: `sorted` 1 and K < 3840",
+    "uint8-cast": "Cast from UINT8 only to FP32/FP16, Cast to UINT8 only from FP32/FP16 (NvInferRuntimeBase.h)",
+    "per-channel-qdq": "per-channel (1-D scale) Q/DQ only over weights: input rooted at a constant (NvInfer.h)",
+    "graph-order": "nodes read only graph inputs, initializers and earlier nodes' outputs: no cycle, as ONNX requires",
 }
+#: Rules that come from TensorRT's headers rather than its operator table: applied when the table's `rules`
+#: state them (each entry: a phrase of the rule text, the rule).
+HEADER_RULES = (("kUINT8 conversions are only supported for {kFLOAT, kHALF}", "uint8-cast"),
+                ("Per-channel quantization is supported only for weight inputs", "per-channel-qdq"))
+UINT8_PARTNERS = ("FP32", "FP16")
+#: Ops a weight may pass through on its way from its initializer to a per-channel Q/DQ (TensorRT folds them).
+CONSTANT_PRESERVING = ("QuantizeLinear", "Cast", "Identity", "Transpose", "Reshape", "Flatten", "Squeeze",
+                       "Unsqueeze")
 _TYPE_NAMES = {
     TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
     TensorProto.DOUBLE: "DOUBLE", TensorProto.INT32: "INT32", TensorProto.INT64: "INT64",
@@ -92,7 +108,7 @@ class Violation:
     detail: str
 
     def __str__(self) -> str:
-        where = f"node {self.node!r} ({self.op_type})" if self.op_type else "model"
+        where = f"node {self.node!r} ({self.op_type or 'no op_type'})" if self.node else "model"
         return f"{where} breaks {self.rule}: {self.detail}"
 
     def to_dict(self) -> dict:
@@ -380,7 +396,85 @@ def _zero_point(g: _Graph, node) -> Iterator[str]:
         yield f"zero point {zp!r} is not 0 (max {np.asarray(value).max()}); TensorRT's Q/DQ are symmetric"
 
 
+def _uint8_cast(g: _Graph, node) -> Iterator[str]:
+    if node.op_type != "Cast" or not node.input or not node.input[0]:
+        return
+    source, target = g.type_of(node.input[0]), type_name(_attr(node, "to", 0))
+    if source == "UINT8" and target not in UINT8_PARTNERS:
+        yield (f"casts UINT8 to {target}; TensorRT converts UINT8 only to or from FP32 and FP16 "
+               "(NvInferRuntimeBase.h, DataType::kUINT8): cast to FLOAT first")
+    elif target == "UINT8" and source is not None and source not in UINT8_PARTNERS:
+        yield (f"casts {source} to UINT8; TensorRT converts UINT8 only to or from FP32 and FP16 "
+               "(NvInferRuntimeBase.h, DataType::kUINT8): cast to FLOAT first")
+
+
+def rooted_at_constant(g: _Graph, name: str) -> bool:
+    """True when `name` is an initializer or Constant, or is computed from one through
+    CONSTANT_PRESERVING ops only (a weight: what TensorRT builds as an IConstantLayer)."""
+    seen = set()
+    while name not in g.constants:
+        producer = g.producer.get(name)
+        if producer is None or name in seen or producer.op_type not in CONSTANT_PRESERVING or not producer.input:
+            return False
+        seen.add(name)
+        name = producer.input[0]
+    return True
+
+
+def _per_channel_qdq(g: _Graph, node) -> Iterator[str]:
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 2:
+        return
+    if g.ranks.get(node.input[1]) == 1 and not rooted_at_constant(g, node.input[0]):
+        kind = "quantization" if node.op_type == "QuantizeLinear" else "dequantization"
+        yield (f"per-channel {kind} (1-D scale {node.input[1]!r}) of {node.input[0]!r}, which is computed at run "
+               f"time; TensorRT supports per-channel {kind} only of weights, rooted at a constant (NvInfer.h, "
+               f"I{'Quantize' if kind == 'quantization' else 'Dequantize'}Layer): quantize activations per tensor")
+
+
+HEADER_CHECKS = {"uint8-cast": _uint8_cast, "per-channel-qdq": _per_channel_qdq}
+
+
+def header_rules(matrix: OperatorMatrix) -> list[str]:
+    """The HEADER_RULES that the table's `rules` state (a table without them does not apply them)."""
+    text = " ".join(matrix.rules)
+    return [rule for phrase, rule in HEADER_RULES if phrase in text]
+
+
+def order_violations(graph: onnx.GraphProto, outer: frozenset[str] = frozenset(), where: str = "") -> list[Violation]:
+    """Nodes that read a tensor no graph input, initializer or earlier node has made: a cycle, a self-loop,
+    or a dangling name; also inside subgraphs (If/Loop/Scan bodies, which may read what the enclosing graphs
+    made before their node: `outer`). onnx.checker rejects all three ("nodes must be topologically sorted")."""
+    made = set(outer) | {v.name for v in graph.input} | {i.name for i in graph.initializer}
+    later = {out: node_label(node, i) for i, node in enumerate(graph.node) for out in node.output if out}
+    found = []
+    for index, node in enumerate(graph.node):
+        label = where + node_label(node, index)
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for sub in subgraphs:
+                found += order_violations(sub, frozenset(made), f"{label}/{attribute.name}/")
+        for name in node.input:
+            if not name or name in made:
+                continue
+            if name in node.output:
+                why = f"reads its own output {name!r} (a self-loop)"
+            elif name in later:
+                why = (f"reads {name!r} before node {later[name]!r} makes it (a cycle, or nodes out of "
+                       "topological order)")
+            else:
+                why = f"reads {name!r}, which no graph input, initializer or node makes"
+            found.append(Violation(label, node.op_type, "graph-order", why + "; ONNX requires a graph whose nodes "
+                                   "read only what earlier nodes made (onnx.checker.check_model says so too)"))
+            break
+        made.update(o for o in node.output if o)
+    return found
+
+
 def _node_violations(g: _Graph, matrix: OperatorMatrix, node, label: str) -> Iterator[Violation]:
+    if not node.op_type:
+        yield Violation(label, "", "unsupported-op", "the node has no op_type (empty); every ONNX node names the "
+                        "operator it runs")
+        return
     if node.domain not in DEFAULT_DOMAINS:
         yield Violation(label, node.op_type, "domain",
                         f"operator of domain {node.domain!r}; TensorRT's ONNX parser takes ai.onnx operators only")
@@ -403,6 +497,9 @@ def _node_violations(g: _Graph, matrix: OperatorMatrix, node, label: str) -> Ite
         yield Violation(label, node.op_type, "zero-point", detail)
     for rule, check in checked_restrictions(row.restrictions):
         for detail in check(node, g):
+            yield Violation(label, node.op_type, rule, detail)
+    for rule in header_rules(matrix):
+        for detail in HEADER_CHECKS[rule](g, node):
             yield Violation(label, node.op_type, rule, detail)
 
 
@@ -433,6 +530,9 @@ def trt_violations(model: onnx.ModelProto | str | os.PathLike,
         matrix = load_matrix(matrix)
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model, fix=FIX)
+    disordered = order_violations(model.graph)
+    if disordered:  # not a valid ONNX graph: types and the other rules would be guesses
+        return disordered
     g = _Graph(_typed(model))
     found: list[Violation] = []
     low, high = matrix.opset_range

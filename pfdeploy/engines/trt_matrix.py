@@ -18,9 +18,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from pfdeploy.errors import PfdeployError
+from pfdeploy.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH, json_depth, require_regular_file
 
 #: The table the checks use unless told otherwise (the one DESIGN.md names; pfdeploy targets TensorRT 10/11).
 DEFAULT_TRT_VERSION = "10.1"
@@ -86,9 +86,14 @@ def matrix_from_dict(data: dict, version: str, where: str = "") -> OperatorMatri
     if declared is not None and str(declared) != version:
         raise bad(f"it says tensorrt_version {declared!r}, its file name says {version!r}")
     rng = data["opset_range"]
-    if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, int) for v in rng) and rng[0] <= rng[1]):
-        raise bad(f"opset_range must be [low, high] integers, got {rng!r}")
-    if not isinstance(data["tensor_types"], list) or not data["tensor_types"]:
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_int(v) for v in rng) and rng[0] <= rng[1]):
+        raise bad(f"opset_range must be [low, high] integers, got {_shown(rng)}")
+    if not isinstance(data["source"], str):
+        raise bad(f"source must be a string, got {_shown(data['source'])}")
+    for key in ("tensor_types", "rules", "errata"):
+        if not _is_strings(data.get(key, [])):
+            raise bad(f"{key} must be a list of strings, got {_shown(data.get(key))}")
+    if not data["tensor_types"]:
         raise bad("tensor_types must be a non-empty list")
     known = frozenset(_type_name(t) for t in data["tensor_types"])
     if not isinstance(data["operators"], dict) or not data["operators"]:
@@ -96,28 +101,48 @@ def matrix_from_dict(data: dict, version: str, where: str = "") -> OperatorMatri
     operators = {}
     for op, row in data["operators"].items():
         if not isinstance(row, dict) or not isinstance(row.get("supported"), bool):
-            raise bad(f"operator {op!r} needs 'supported': true/false")
+            raise bad(f"operator {op[:60]!r} needs 'supported': true/false")
         types = row.get("types", [])
-        if not isinstance(types, list):
-            raise bad(f"operator {op!r}: 'types' must be a list")
-        unknown = [t for t in types if _type_name(str(t)) not in known]
+        if not _is_strings(types):
+            raise bad(f"operator {op[:60]!r}: 'types' must be a list of type names")
+        unknown = [t for t in types if _type_name(t) not in known]
         if unknown:
-            raise bad(f"operator {op!r} lists type(s) {unknown} not in tensor_types")
+            raise bad(f"operator {op[:60]!r} lists type(s) {_shown(unknown)} not in tensor_types")
+        if not isinstance(row.get("restrictions", ""), str):
+            raise bad(f"operator {op[:60]!r}: 'restrictions' must be text")
         operators[op] = OpSupport(row["supported"], frozenset(_type_name(t) for t in types),
-                                  str(row.get("restrictions", "")))
-    return OperatorMatrix(version, str(data["source"]), (rng[0], rng[1]), known, tuple(map(str, data["rules"])),
-                          operators, tuple(map(str, data.get("errata", ()))), where)
+                                  row.get("restrictions", ""))
+    return OperatorMatrix(version, data["source"], (rng[0], rng[1]), known, tuple(data["rules"]),
+                          operators, tuple(data.get("errata", ())), where)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_matrix(version: str | os.PathLike | None = None) -> OperatorMatrix:
     """The operator table of TensorRT `version` (default DEFAULT_TRT_VERSION), or of a JSON file path."""
     if version is not None and (isinstance(version, os.PathLike) or str(version).endswith(FILE_SUFFIX)):
-        path = Path(version)
-        if not path.is_file():
-            raise PfdeployError(f"TensorRT operator table {path} not found")
+        path = require_regular_file(version, "TensorRT operator table", "give a table's JSON file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise PfdeployError(f"TensorRT operator table {path} is over pfdeploy's JSON limit of {MAX_JSON_BYTES} "
+                                "bytes; fix or replace the file")
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise PfdeployError(f"TensorRT operator table {path} cannot be read ({exc.strerror or exc})") from None
         name = path.name
         ver = name[len(FILE_PREFIX):-len(FILE_SUFFIX)] if name.startswith(FILE_PREFIX) else path.stem
-        return _parse(path.read_text(), ver, str(path))
+        return _parse(text, ver, str(path))
     version = str(version or DEFAULT_TRT_VERSION)
     resource = _data_dir() / f"{FILE_PREFIX}{version}{FILE_SUFFIX}"
     if not resource.is_file():
@@ -127,9 +152,20 @@ def load_matrix(version: str | os.PathLike | None = None) -> OperatorMatrix:
     return _parse(resource.read_text(), version, f"{FILE_PREFIX}{version}{FILE_SUFFIX}")
 
 
-def _parse(text: str, version: str, where: str) -> OperatorMatrix:
+def _parse(text: str | bytes, version: str, where: str) -> OperatorMatrix:
+    """Parse a table's JSON text (UTF-8, at most MAX_JSON_DEPTH deep) and validate it, or raise one line."""
+    problem = None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PfdeployError(f"{where} is malformed: not JSON ({exc}); fix or replace the file") from None
+        data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.start})"
+    except RecursionError:
+        problem = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    except ValueError as exc:
+        problem = f"not JSON ({str(exc)[:120]})"
+    else:
+        if json_depth(data) > MAX_JSON_DEPTH:
+            problem = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    if problem:
+        raise PfdeployError(f"{where} is malformed: {problem}; fix or replace the file")
     return matrix_from_dict(data, version, where)

@@ -24,11 +24,11 @@ from pfdeploy.choices import EXPORT_PRECISIONS, INPUT_FORMATS
 from pfdeploy.errors import PfdeployError
 from pfdeploy.export.metadata import PREFIX, RANDOM, metadata_for, set_metadata
 from pfdeploy.export.preprocess import sample_input, wrap_input_format
+from pfdeploy.limits import MAX_BATCH
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET, DEFAULT_OPSET, MAX_OPSET = 18, 20, 23
-MAX_BATCH = 4096
 RANDOM_SEED = 0
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

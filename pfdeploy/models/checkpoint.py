@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,42 +15,88 @@ import torch.nn.functional as F
 from torch import nn
 
 from pfdeploy.errors import PfdeployError
+from pfdeploy.limits import require_regular_file
 
 log = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema")
 SHOWN = 3
+NOT_A_CHECKPOINT = "is not a readable PyTorch checkpoint (damaged, truncated or another format)"
+# The weights-only unpickler's words for a well-formed pickle that names a global it will not import.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) was not an allowed global|"
+                             r"GLOBAL ([A-Za-z_][\w.]*) whose module [A-Za-z_][\w.]* is blocked")
+#: Tensor dtypes a checkpoint may hold (floating weights, integer buffers such as num_batches_tracked).
+LOADABLE_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
+                             torch.int16, torch.int32, torch.int64, torch.bool})
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The global a weights-only load refused (`builtins.open`), or None when the pickle is just damaged."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    found = _REFUSED_GLOBAL.search(str(exc))
+    return None if found is None else (found.group(1) or found.group(2))
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file with `torch.load(weights_only=True)`; never runs pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"checkpoint {path} not found; pass the path of a .pth/.pt file")
+    """Load a checkpoint file with `torch.load(weights_only=True)`; never runs pickled code.
+
+    A FIFO, device or folder is refused before it is opened; a file torch cannot read (random bytes, a
+    truncated zip, a damaged pickle) is one PfdeployError saying so; the weights-only message is kept for
+    a well-formed pickle that names a global weights-only loading refuses.
+    """
+    path = require_regular_file(path, "checkpoint", "pass the path of a .pth/.pt file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0][:160]
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises on a hostile file is the file's problem
+        name = _refused_global(exc)
+        if name is not None:
+            raise PfdeployError(
+                f"checkpoint {path} holds objects that weights_only loading refuses (it names {name}); "
+                "re-save it as a plain state_dict with torch.save(model.state_dict(), path)"
+            ) from None
         raise PfdeployError(
-            f"checkpoint {path} holds objects that weights_only loading refuses ({reason}); "
-            "re-save it as a plain state_dict with torch.save(model.state_dict(), path)"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise PfdeployError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}); "
-            "check that the file is complete and was written by torch.save"
-        ) from exc
+            f"checkpoint {path} {NOT_A_CHECKPOINT}: {type(exc).__name__}; check that the file is complete and "
+            "was written by torch.save"
+        ) from None
     if not isinstance(obj, Mapping):
         raise PfdeployError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
     return dict(obj)
 
 
+def _shown_keys(obj: Mapping) -> str:
+    keys = [repr(k) if not isinstance(k, str) else k for k in list(obj)[:SHOWN * 3]]
+    return ", ".join(keys) + (f" (+{len(obj) - len(keys)} more)" if len(obj) > len(keys) else "")
+
+
+def tensor_kind_problem(value) -> str | None:
+    """Why a checkpoint value cannot be loaded as a weight (None if it can): not a tensor, sparse,
+    quantized, nested, on the meta device, or of a dtype such as float8 or complex."""
+    if not isinstance(value, torch.Tensor):
+        return f"is a {type(value).__name__}, not a tensor"
+    if value.is_nested or value.layout != torch.strided:
+        return f"is a {'nested' if value.is_nested else str(value.layout).removeprefix('torch.')} tensor"
+    if value.is_quantized:
+        return f"is a quantized {str(value.dtype).removeprefix('torch.')} tensor"
+    if value.device.type != "cpu":
+        return f"is on the {value.device.type} device" + (" (it holds no values)" if value.is_meta else "")
+    if value.dtype not in LOADABLE_DTYPES:
+        return f"is {str(value.dtype).removeprefix('torch.')}"
+    return None
+
+
 def state_dict_from_checkpoint(obj: Mapping, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Unwrap `model`/`state_dict`/`model_ema` (or `key`) and strip DistributedDataParallel's `module.`."""
+    """Unwrap `model`/`state_dict`/`model_ema` (or `key`) and strip DistributedDataParallel's `module.`.
+
+    Every key must be a parameter name (str) and every value a dense CPU tensor of a dtype pfdeploy
+    loads (see `tensor_kind_problem`); anything else is one PfdeployError naming the key.
+    """
     if key is not None:
         if key not in obj:
-            raise PfdeployError(f"checkpoint has no {key!r} entry; it has: {', '.join(map(str, obj))}")
+            raise PfdeployError(f"checkpoint has no {key!r} entry; it has: {_shown_keys(obj)}")
         obj = obj[key]
+        if not isinstance(obj, Mapping):
+            raise PfdeployError(f"checkpoint entry {key!r} is a {type(obj).__name__}, not a state_dict")
     elif not _is_state_dict(obj):
         found = next((k for k in WRAPPER_KEYS if k in obj and _is_state_dict(obj[k])), None)
         if found is None:
@@ -57,7 +105,23 @@ def state_dict_from_checkpoint(obj: Mapping, key: str | None = None) -> dict[str
                 f"{', '.join(WRAPPER_KEYS)}); pass a plain state_dict"
             )
         obj = obj[found]
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state: dict[str, torch.Tensor] = {}
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            raise PfdeployError(f"checkpoint key {name!r:.80} is a {type(name).__name__}, not a parameter name; "
+                                "save the model's state_dict (its keys are strings)")
+        if not name.isprintable():
+            raise PfdeployError(f"checkpoint key {name!r:.80} holds control characters, so it is no parameter name; "
+                                "the file is damaged or not a state_dict")
+        problem = tensor_kind_problem(value)
+        if problem:
+            raise PfdeployError(f"checkpoint entry {name} {problem}; pfdeploy loads dense CPU tensors of "
+                                "float16/bfloat16/float32/float64 weights (and integer buffers): save them so")
+        stripped = name.removeprefix("module.")
+        if stripped in state:
+            raise PfdeployError(f"checkpoint holds both {stripped} and module.{stripped}; keep one of them")
+        state[stripped] = value
+    return state
 
 
 def _is_state_dict(obj) -> bool:
@@ -66,14 +130,28 @@ def _is_state_dict(obj) -> bool:
     )
 
 
-def _resize_grid(param: torch.Tensor, target: torch.Size) -> torch.Tensor:
-    """Bicubically resize a square-grid position embedding to `target`'s grid."""
+def _resizable(param: torch.Tensor, target: torch.Size) -> bool:
+    """True when `param` is a square-grid position embedding that bicubic resizing can bring to `target`'s grid
+    (same rank, batch 1, same channels, a square token count); anything else is left to the shape check."""
+    if param.dim() != len(target) or not param.is_floating_point() or param.dim() not in (3, 4) or param.numel() == 0:
+        return False
     if param.dim() == 4:  # PiT: (1, C, side, side)
-        return F.interpolate(param, size=tuple(target[2:]), mode="bicubic", align_corners=False)
-    side, new_side = int(param.shape[1] ** 0.5), int(target[1] ** 0.5)  # ViT: (1, side*side, C)
+        return param.shape[:2] == target[:2] and param.shape[0] == 1 and param.shape[2] == param.shape[3]
+    side = math.isqrt(param.shape[1])  # ViT: (1, side*side, C)
+    return param.shape[0] == 1 and param.shape[2] == target[2] and side * side == param.shape[1] and \
+        math.isqrt(target[1]) ** 2 == target[1]
+
+
+def _resize_grid(param: torch.Tensor, target: torch.Size) -> torch.Tensor:
+    """Bicubically resize a square-grid position embedding to `target`'s grid (computed in float32 or wider)."""
+    dtype = param.dtype
+    param = param if dtype == torch.float64 else param.float()
+    if param.dim() == 4:  # PiT: (1, C, side, side)
+        return F.interpolate(param, size=tuple(target[2:]), mode="bicubic", align_corners=False).to(dtype)
+    side, new_side = math.isqrt(param.shape[1]), math.isqrt(target[1])  # ViT: (1, side*side, C)
     grid = param.reshape(1, side, side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1).to(dtype)
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -152,15 +230,23 @@ def check_dtypes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
                     "%.2g relative", tensors, src, first, dst, values, rel)
 
 
-def suggest_model(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The registered model whose state_dict layout best matches `state` (None if nothing fits)."""
+@functools.lru_cache(maxsize=1)
+def _registered_layouts() -> tuple[tuple[str, frozenset], ...]:
+    """(name, {(key, shape)}) of every registered model's state_dict, built once on the meta device."""
     from pfdeploy.models.registry import create_model, list_models
 
-    given = {(k, tuple(v.shape)) for k, v in state.items()}
-    best, best_score = None, 0.0
+    layouts = []
     for name in list_models():
         with torch.device("meta"):
-            layout = {(k, tuple(v.shape)) for k, v in create_model(name).state_dict().items()}
+            layouts.append((name, frozenset((k, tuple(v.shape)) for k, v in create_model(name).state_dict().items())))
+    return tuple(layouts)
+
+
+def suggest_model(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered model whose state_dict layout best matches `state` (None if nothing fits)."""
+    given = {(k, tuple(v.shape)) for k, v in state.items()}
+    best, best_score = None, 0.0
+    for name, layout in _registered_layouts():
         score = len(given & layout) / len(given | layout)
         if score > best_score:
             best, best_score = name, score
@@ -180,7 +266,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, key: str | None = None) 
     state = state_dict_from_checkpoint(read_checkpoint(path), key)
     own = model.state_dict()
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
-        if state["pos_embed"].dim() == own["pos_embed"].dim():
+        if _resizable(state["pos_embed"], own["pos_embed"].shape):
             log.warning("resizing pos_embed %s -> %s", tuple(state["pos_embed"].shape),
                         tuple(own["pos_embed"].shape))
             state["pos_embed"] = _resize_grid(state["pos_embed"], own["pos_embed"].shape)

@@ -3,16 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pfdeploy.limits import MAX_IMG_SIZE, MAX_STAGES, MAX_WIDTH
 from pfdeploy.models.layers import LAYER_NORM_EPS, Block, mixer_is_pooling
+from pfdeploy.models.validate import (
+    bool_problem,
+    common_problem,
+    int_problem,
+    ints_problem,
+    ratio_problem,
+)
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Spatial size after a convolution."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def config_problem(args: dict[str, Any]) -> str | None:
+    """What is wrong with PFPiT's arguments `args` (None if nothing): one depth and one heads entry per
+    stage, each stage's heads a multiple of the previous one's (the pooling conv widens in groups), a
+    patch that fits the image."""
+    stages = range(1, MAX_STAGES + 1)
+    problem = (common_problem(args) or int_problem("base_dim", args["base_dim"])
+               or ints_problem("depth", args["depth"], stages) or ints_problem("heads", args["heads"], stages, 1,
+                                                                                MAX_WIDTH)
+               or int_problem("patch_size", args["patch_size"], 1, MAX_IMG_SIZE)
+               or int_problem("stride", args["stride"], 1, MAX_IMG_SIZE) or bool_problem("pooling", args["pooling"]))
+    if problem:
+        return problem
+    depth, heads = list(args["depth"]), list(args["heads"])
+    if len(depth) != len(heads):
+        return f"depth {depth} and heads {heads} must have one entry per stage"
+    if any(later % earlier for earlier, later in zip(heads, heads[1:], strict=False)):
+        return (f"heads {heads}: each stage's heads must be a multiple of the previous stage's (the pooling "
+                "conv widens base_dim * heads channels in groups)")
+    if args["img_size"] < args["patch_size"]:
+        return f"img_size {args['img_size']} is smaller than patch_size {args['patch_size']}"
+    return ratio_problem("mlp_ratio", args["mlp_ratio"], args["base_dim"] * heads[0])
+
+
+def largest_activation(args: dict[str, Any]) -> int:
+    """Elements of the largest activation of one image: the input, or a stage's hidden layers and its
+    attention matrices over its tokens."""
+    side = conv_out(args["img_size"], args["patch_size"], args["stride"], 0)
+    largest = args["in_chans"] * args["img_size"] ** 2
+    for heads in args["heads"]:
+        dim, tokens = args["base_dim"] * heads, side * side
+        largest = max(largest, tokens * max(int(dim * args["mlp_ratio"]), 3 * dim), heads * tokens**2)
+        side = conv_out(side, 3, 2, 1)
+    return largest
 
 
 class PatchConv(nn.Module):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from pfdeploy.errors import PfdeployError
+from pfdeploy.limits import MAX_MODEL_BYTES
+from pfdeploy.models import pit, resnet, vit
 from pfdeploy.models.pit import PFPiT
 from pfdeploy.models.resnet import PFResNet
 from pfdeploy.models.vit import PFViT
@@ -17,6 +22,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {"resnet": PFResNet, "vit": PFViT, "pit": PFPiT}
+#: Each family's file, holding its `config_problem(args)` and `largest_activation(args)`.
+FAMILY_MODULES: dict[str, ModuleType] = {"resnet": resnet, "vit": vit, "pit": pit}
 
 
 @dataclass(frozen=True)
@@ -101,21 +108,51 @@ def get_config(name: str) -> ModelConfig:
     return MODELS[resolve_name(name)]
 
 
+def model_args(name: str, num_classes: int = 1000, **overrides: Any) -> dict[str, Any]:
+    """The checked constructor arguments of a registered model with `overrides`, before anything is built.
+
+    Unknown argument names, values of the wrong type or range (the family's `config_problem`: positive
+    sizes, heads dividing the width, patch and grid sizes, the number of stages) and a config whose memory
+    estimate (`model_bytes`) is over MAX_MODEL_BYTES are each one PfdeployError line naming the field.
+    """
+    cfg = get_config(name)
+    family = FAMILIES[cfg.family]
+    try:
+        bound = inspect.signature(family).bind(**{**cfg.kwargs, **overrides, "num_classes": num_classes})
+    except TypeError as exc:
+        raise PfdeployError(f"bad override for {cfg.name}: {exc}; check the argument names") from None
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    problem = FAMILY_MODULES[cfg.family].config_problem(args)
+    if problem:
+        raise PfdeployError(f"bad model config for {cfg.name}: {problem}; change that value (--override, "
+                            "--img-size or --num-classes)")
+    estimate = model_bytes(cfg.family, args)
+    if estimate > MAX_MODEL_BYTES:
+        raise PfdeployError(f"model config for {cfg.name} needs about {estimate / 2**30:.1f} GiB (float32 parameters "
+                            f"plus one image's largest activation), over pfdeploy's limit of "
+                            f"{MAX_MODEL_BYTES / 2**30:.0f} GiB; use smaller widths, fewer classes or a smaller "
+                            "img_size")
+    return args
+
+
+def model_bytes(family: str, args: dict[str, Any]) -> int:
+    """Memory estimate of a checked config: float32 parameters, counted on the meta device (nothing is
+    allocated), plus the family's largest activation of one image."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in FAMILIES[family](**args).parameters())
+    return 4 * (parameters + FAMILY_MODULES[family].largest_activation(args))
+
+
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     """Build a registered model in eval mode, with random weights.
 
     `overrides` replace the family's constructor arguments (e.g. `img_size=256`, or
-    `layers=(1, 1, 1, 1), base_width=16` for a narrow ResNet). The returned module carries
-    `pretrained_cfg` (the ModelConfig) and `overrides`.
+    `layers=(1, 1, 1, 1), base_width=16` for a narrow ResNet); they are checked first (`model_args`).
+    The returned module carries `pretrained_cfg` (the ModelConfig) and `overrides`.
     """
     cfg = get_config(name)
-    kwargs = {**cfg.kwargs, **overrides, "num_classes": num_classes}
-    try:
-        model = FAMILIES[cfg.family](**kwargs)
-    except TypeError as exc:
-        raise PfdeployError(f"bad override for {cfg.name}: {exc}; check the argument names") from exc
-    except ValueError as exc:
-        raise PfdeployError(f"bad override for {cfg.name}: {exc}") from exc
+    model = FAMILIES[cfg.family](**model_args(cfg.name, num_classes, **overrides))
     model.pretrained_cfg = cfg
     model.overrides = dict(overrides)
     return model.eval()

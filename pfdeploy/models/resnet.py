@@ -7,8 +7,15 @@ Module names follow the authors' reference code so that published checkpoints lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
+
+from pfdeploy.models.validate import common_problem, int_problem, ints_problem
+
+KINDS = ("conv", "max", "hybrid")
+STAGES = 4  # layer1..layer4, as in the authors' code and every published checkpoint
+MIN_IMG_SIZE = 32  # the stem and three strided stages downsample 32x
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -31,6 +38,21 @@ def spatial_op(kind: str, width: int, stride: int) -> nn.Module:
     if kind == "hybrid":
         return nn.Sequential(nn.AvgPool2d(2, stride=2), conv_bn(width, width, 3, 1))
     raise ValueError(f"unknown spatial op {kind!r}; expected conv, max or hybrid")
+
+
+def config_problem(args: dict[str, Any]) -> str | None:
+    """What is wrong with PFResNet's arguments `args` (None if nothing): 4 stages of >= 1 block each,
+    a known kind, positive widths, img_size >= 32."""
+    if not isinstance(args["kind"], str) or args["kind"] not in KINDS:
+        return f"kind must be one of {', '.join(KINDS)}, got {args['kind']!r}"
+    return (ints_problem("layers", args["layers"], range(STAGES, STAGES + 1))
+            or int_problem("base_width", args["base_width"])
+            or common_problem(args, MIN_IMG_SIZE))
+
+
+def largest_activation(args: dict[str, Any]) -> int:
+    """Elements of the largest activation of one image (the stem's and layer1's maps are the largest)."""
+    return max(args["in_chans"], args["base_width"]) * args["img_size"] ** 2
 
 
 class Bottleneck(nn.Module):

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from pfdeploy.limits import MAX_BLOCKS, MAX_IMG_SIZE
 from pfdeploy.models.layers import LAYER_NORM_EPS, Block, mixer_is_pooling
+from pfdeploy.models.validate import bool_problem, common_problem, int_problem, ratio_problem
+
+
+def config_problem(args: dict[str, Any]) -> str | None:
+    """What is wrong with PFViT's arguments `args` (None if nothing): positive sizes, heads dividing
+    embed_dim, img_size a multiple of patch_size."""
+    problem = (common_problem(args) or int_problem("embed_dim", args["embed_dim"])
+               or int_problem("num_heads", args["num_heads"]) or int_problem("depth", args["depth"], 1, MAX_BLOCKS)
+               or int_problem("patch_size", args["patch_size"], 1, MAX_IMG_SIZE)
+               or bool_problem("pooling", args["pooling"]) or ratio_problem("mlp_ratio", args["mlp_ratio"],
+                                                                            args["embed_dim"]))
+    if problem:
+        return problem
+    if args["embed_dim"] % args["num_heads"]:
+        return (f"num_heads {args['num_heads']} must divide embed_dim {args['embed_dim']} (each head takes "
+                "embed_dim / num_heads channels)")
+    if args["img_size"] % args["patch_size"]:
+        return f"img_size {args['img_size']} must be a multiple of patch_size {args['patch_size']}"
+    return None
+
+
+def largest_activation(args: dict[str, Any]) -> int:
+    """Elements of the largest activation of one image: the input, an MLP or mixer hidden layer, or the
+    attention matrix of block 0 (always attention) over every token."""
+    tokens = (args["img_size"] // args["patch_size"]) ** 2
+    hidden = max(int(args["embed_dim"] * args["mlp_ratio"]), 3 * args["embed_dim"])
+    return max(args["in_chans"] * args["img_size"] ** 2, tokens * hidden, args["num_heads"] * tokens**2)
 
 
 class PatchEmbed(nn.Module):

@@ -8,7 +8,8 @@ Backends are imported only when used, so `import pfdeploy.runtime` needs neither
 OpenVINO nor TensorRT. See `pfdeploy.runtime.session` for the thread-safety of each backend.
 
 `backend="auto"` (`backend_for`, a pure function of the file name and `AutoFacts`):
-model names and modules -> torch; .plan/.engine -> tensorrt; an .onnx file -> onnxruntime, except
+model names and modules -> torch; .plan/.engine -> tensorrt; .pt2 -> pt2 (AOTInductor packages from
+`pfdeploy export --format pt2`, on the device they were compiled for); an .onnx file -> onnxruntime, except
 - `precision="bf16"` asked -> openvino (the only backend computing BF16);
 - an INT8 Q/DQ graph on the CPU with OpenVINO installed -> openvino when the CPU has VNNI (any
   model), or when the model is a ResNet (family "resnet") on a CPU without VNNI.
@@ -32,14 +33,16 @@ from typing import Any
 from pfdeploy.errors import PfdeployError
 from pfdeploy.runtime.session import InputSpec, Session
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt", "pt2")
 ENGINE_SUFFIXES = (".plan", ".engine")
+PT2_SUFFIX = ".pt2"
 OPTIONS = {
     "torch": {"checkpoint", "num_classes", "overrides", "precision", "channels_last", "compile",
-              "cuda_graph", "input_format", "tf32"},
+              "cuda_graph", "input_format", "tf32", "fold_bn", "fused"},
     "onnxruntime": {"intra_op_threads", "providers"},
     "openvino": {"precision", "intra_op_threads"},
     "tensorrt": {"cuda_graph"},
+    "pt2": {"cuda_graph"},
 }
 #: The compute precisions a backend's `precision` option takes (the others run the artifact's own).
 BACKEND_PRECISIONS = {"torch": ("fp32", "fp16"), "openvino": ("fp32", "bf16")}
@@ -76,13 +79,15 @@ def backend_for(target: Any, facts: AutoFacts | None = None) -> str:
         return _onnx_backend(facts or AutoFacts())
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
+    if suffix == PT2_SUFFIX:
+        return "pt2"
     from pfdeploy.models import list_models, resolve_name
 
     try:
         resolve_name(str(target))
     except PfdeployError:
         raise PfdeployError(
-            f"{target!r} is neither an artifact (.onnx, .plan, .engine) nor a registered model "
+            f"{target!r} is neither an artifact (.onnx, .plan, .engine, .pt2) nor a registered model "
             f"({', '.join(list_models())})"
         ) from None
     return "torch"
@@ -144,10 +149,14 @@ def load(path_or_model_name: Any, backend: str = "auto", device: str | None = No
     backend: "auto" (.onnx -> onnxruntime, or openvino for INT8 graphs where it is faster and
     for precision="bf16": see `backend_for`; .plan/.engine -> tensorrt; model name -> torch),
     or one of BACKENDS ("torch" on an .onnx file rebuilds the exported PyTorch model from its
-    metadata). device: "cpu" or "cuda" (default: "cuda" for a TensorRT engine, else "cpu"). Options by backend:
-    torch: checkpoint, num_classes, overrides, precision ("fp32"/"fp16"), channels_last, compile
-    (False/True/"reduce-overhead"/"max-autotune"), cuda_graph, input_format, tf32 (let FP32 on CUDA
-    use TF32; off by default);
+    metadata). device: "cpu" or "cuda" (default: "cuda" for a TensorRT engine, the compiled-for device for a
+    .pt2 package, else "cpu"). Options by backend:
+    torch: checkpoint, num_classes, overrides, precision ("fp32"/"fp16"), channels_last (None: on for CNNs
+    on CUDA), compile (False/True/"default"/"reduce-overhead"/"max-autotune"/"max-autotune-no-cudagraphs";
+    True: max-autotune on CUDA, default on the CPU), cuda_graph, input_format, tf32 (let FP32 on CUDA
+    use TF32; off by default), fold_bn (fold BatchNorm into the convolutions; default True), fused
+    (CUDA: the PF layers through pfdeploy's Triton kernel; see pfdeploy.runtime.torch_backend);
+    pt2: cuda_graph;
     onnxruntime: intra_op_threads, providers; openvino: precision ("fp32"/"bf16"), intra_op_threads;
     tensorrt: cuda_graph.
     Every backend: preprocess (a Preprocess or its dict) replaces the artifact's recorded one.
@@ -164,7 +173,8 @@ def load(path_or_model_name: Any, backend: str = "auto", device: str | None = No
     if chosen not in BACKENDS:
         raise PfdeployError(f"unknown backend {backend!r}; use auto or one of {', '.join(BACKENDS)}")
     _check_options(chosen, options)
-    device = device or ("cuda" if chosen == "tensorrt" else "cpu")
+    if chosen != "pt2":  # a .pt2 package defaults to the device it was compiled for
+        device = device or ("cuda" if chosen == "tensorrt" else "cpu")
     preprocess = options.pop("preprocess", None)
     session = _open(chosen, path_or_model_name, device, options)
     if preprocess is not None:
@@ -203,6 +213,10 @@ def _open(backend: str, target: Any, device: str, options: dict[str, Any]) -> Se
         from pfdeploy.runtime.onnxruntime_backend import OnnxRuntimeSession
 
         return OnnxRuntimeSession(target, device=device, **options)
+    if backend == "pt2":
+        from pfdeploy.runtime.pt2_backend import pt2_session
+
+        return pt2_session(target, device=device, **options)
     if backend == "openvino":
         from pfdeploy.runtime.openvino_backend import OpenVinoSession
 

@@ -15,6 +15,11 @@ JSON schema (`SCHEMA` = "pfdeploy.bench/1"), as returned by `benchmark` and writ
                   | {"label", "batch", "mode", "skipped": reason}]
     }
 
+Batch sizes are bounded before any work: each is at most MAX_BATCH (pfdeploy.limits: a dynamic batch is
+declared as 1..MAX_BATCH), a batch outside one artifact's declared range is skipped for it (with the
+reason), and a batch whose estimated memory (`bytes_per_image`, summed over the open targets) exceeds
+the memory available is refused before anything is timed.
+
 `mode` is "end_to_end" (host array in, host logits out: what an application gets) or, for GPU
 sessions, also "device" (input already on the device, output left there, synchronized: compute
 only). All targets and modes of one batch size are timed in the same rounds, in a rotating order,
@@ -27,6 +32,7 @@ one model does not pay. `images_per_second` is batch / mean counted call time.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -41,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from pfdeploy._cpu import cpu_name, notable_flags
-from pfdeploy._text import text_table
+from pfdeploy._text import positive_ints, text_table
 from pfdeploy.errors import MissingDependencyError, PfdeployError
+from pfdeploy.limits import MAX_BATCH
 from pfdeploy.runtime.session import Session
 from pfdeploy.runtime.timing import latency_stats, time_interleaved
 
@@ -102,9 +109,146 @@ def open_targets(targets: Sequence[Any], backend: str = "auto", device: str | No
 
 def _batch_problem(session: Session, batch: int) -> str | None:
     spec = session.input_spec
-    if batch < spec.min_batch or (spec.max_batch is not None and batch > spec.max_batch):
-        return f"batch {batch} is outside the artifact's batch range {spec.min_batch}..{spec.max_batch}"
+    top = MAX_BATCH if spec.max_batch is None else spec.max_batch  # a dynamic batch is declared 1..MAX_BATCH
+    if not spec.min_batch <= batch <= top:
+        return f"batch {batch} is outside the artifact's batch range {spec.min_batch}..{top}"
     return None
+
+
+# --- batch bounds: declared sizes and memory, checked before any work --------------------------------
+
+
+def check_batches(batches, what: str = "batch size", example: str = "1,8,32") -> tuple[int, ...]:
+    """Positive integers of at most MAX_BATCH (the largest batch a pfdeploy artifact declares), or one
+    PfdeployError line naming the option `what`."""
+    values = positive_ints(batches, what, example)
+    over = [b for b in values if b > MAX_BATCH]
+    if over:
+        raise PfdeployError(f"{what} {over[0]} is over the largest batch pfdeploy runs, {MAX_BATCH} (a dynamic "
+                            f"batch is declared as 1..{MAX_BATCH}); use smaller batch sizes")
+    return values
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable of /proc/meminfo; free pages elsewhere),
+    or None when this system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _tensor_bytes(tensor_type, batch_dim) -> int | None:
+    """Bytes per image of a tensor whose first dimension is the batch `batch_dim`, else None."""
+    import onnx
+
+    dims = list(tensor_type.shape.dim)
+    if not dims or not tensor_type.elem_type:
+        return None
+    first = dims[0].dim_param or dims[0].dim_value
+    if first != batch_dim or not all(d.HasField("dim_value") for d in dims[1:]):
+        return None
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+    return int(math.prod(d.dim_value for d in dims[1:])) * itemsize
+
+
+def onnx_bytes_per_image(path) -> int:
+    """A lower bound of the memory one image of a batch needs in an ONNX graph: the largest sum, over
+    nodes, of the per-image bytes of the batched tensors a node reads and writes at once (types from ONNX
+    shape inference; weights are not per image). A batch of N needs at least N times this."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - an estimate: without inferred shapes, count the graph's IO only
+        pass
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if not inputs or not inputs[0].type.tensor_type.shape.dim:
+        return 0
+    first = inputs[0].type.tensor_type.shape.dim[0]
+    batch_dim = first.dim_param or first.dim_value
+    sizes = {}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        size = _tensor_bytes(value.type.tensor_type, batch_dim)
+        if size is not None:
+            sizes[value.name] = size
+    per_node = [sum(sizes.get(n, 0) for n in {*node.input, *node.output}) for node in graph.node]
+    io = sum(sizes.get(v.name, 0) for v in [*inputs, *graph.output])
+    return max([io, *per_node])
+
+
+def model_bytes_per_image(name: str, overrides: dict | None = None) -> int:
+    """The same lower bound for a registered model in PyTorch, without weights (built on the meta
+    device): the largest input + output bytes of one layer, per image, at the model's image size."""
+    import torch
+
+    from pfdeploy.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, **(overrides or {}))
+    size = int(model.img_size)
+    largest = 0
+
+    def hook(_module, inputs, output) -> None:
+        nonlocal largest
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(largest, 3 * size * size * 4)
+
+
+def bytes_per_image(session: Session) -> int:
+    """Host memory one image of a batch needs in `session` (a lower bound): an ONNX graph's activations
+    (onnx_bytes_per_image) for sessions run on the CPU from an .onnx file, a registered model's for
+    torch CPU sessions, else just the input (GPU sessions keep activations in device memory; a
+    TensorRT session allocated its buffers for the profile's max batch when it opened)."""
+    spec = session.input_spec
+    image = int(math.prod(int(d) for d in spec.shape[1:])) * np.dtype(spec.dtype).itemsize
+    if session.device != "cpu":
+        return 0 if session.backend == "tensorrt" else image
+    path = getattr(session, "path", None)
+    if path is not None and str(path).lower().endswith(".onnx"):
+        return max(image, onnx_bytes_per_image(path))
+    model = session.metadata.get("pfdeploy.model")
+    if session.backend == "torch" and model:
+        from pfdeploy.models import list_models
+
+        if model in list_models():
+            try:
+                overrides = json.loads(session.metadata.get("pfdeploy.overrides") or "{}")
+            except ValueError:
+                overrides = {}
+            if isinstance(overrides, dict):
+                return max(image, model_bytes_per_image(model, overrides))
+    return image
+
+
+def check_memory(batch: int, per_image: int, what: str = "batch") -> None:
+    """Refuse (one line) a batch whose estimated memory, `batch` x `per_image` bytes, exceeds the memory
+    available: it could only end in swapping or the out-of-memory killer."""
+    available = available_memory()
+    need = batch * per_image
+    if available is not None and need > available:
+        raise PfdeployError(f"{what} {batch} needs at least {need / 1e6:.1f} MB ({per_image / 1e6:.3f} MB per "
+                            f"image, estimated from the input and activation sizes) but {available / 1e6:.1f} MB "
+                            "are available; use a smaller batch or free memory")
 
 
 def _estimate_seconds(fn: Callable[[], object], warmup: int) -> float:
@@ -189,13 +333,16 @@ def benchmark(targets: Sequence[Any], batches: Sequence[int] = (1, 8, 32), secon
     """
     if not targets:
         raise PfdeployError("bench needs at least one target (an .onnx/.plan file or a model name)")
-    if not batches or any(int(b) < 1 for b in batches):
-        raise PfdeployError(f"batch sizes must be positive integers, got {list(batches)}")
+    batches = check_batches(batches)
     if seconds <= 0:
         raise PfdeployError(f"--seconds must be positive, got {seconds}")
     sessions = open_targets(targets, backend, device, **options)
     owned = [s for t, s in zip(targets, sessions.values(), strict=True) if not isinstance(t, (Session, tuple))]
     try:
+        per_image = {label: bytes_per_image(s) for label, s in sessions.items()}
+        for batch in batches:  # every session holds its memory at once (they run interleaved)
+            check_memory(batch, sum(n for label, n in per_image.items()
+                                    if _batch_problem(sessions[label], batch) is None))
         results = []
         for batch in _progress([int(b) for b in batches]):
             log.info("batch %d: %d target(s), about %.1f s each", batch, len(sessions), seconds)

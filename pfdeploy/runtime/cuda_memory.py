@@ -11,10 +11,11 @@ the owner's `close()`; a constructor that fails frees what it made before raisin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,14 @@ ALIGNMENT = 256
 CUDA_PYTHON_HINT = (
     "install cuda-python matching your CUDA major version: `pip install 'pfdeploy[tensorrt-cu12]'` "
     "(TensorRT + cuda-python 12.x, NVIDIA driver 525+) or `pfdeploy[tensorrt-cu13]` (driver 580+), "
-    "or just `pip install 'cuda-python>=12.6,<13'`"
+    "or just `pip install 'cuda-python>=12.6.2.post1,<13'` (12.6.0 has no cuda.bindings)"
 )
 GPU_FIX = "check the GPU and driver (nvidia-smi) and that the engine fits in GPU memory"
 
 
 def cudart():
-    """The cuda-python runtime module `cuda.bindings.runtime` (cuda-python 12.6 or newer)."""
+    """The cuda-python runtime module `cuda.bindings.runtime` (cuda-python 12.6.2.post1 or newer: the
+    first 12.x release with `cuda.bindings` that is not yanked)."""
     try:
         from cuda.bindings import runtime
     except ImportError as exc:
@@ -72,6 +74,26 @@ def clear_last_error() -> None:
 def current_device() -> int:
     """Index of the CUDA device current on this thread (cudaGetDevice)."""
     return int(cuda_call(cudart().cudaGetDevice(), "cudaGetDevice"))
+
+
+def set_device(index: int) -> None:
+    """Make device `index` current on this thread (cudaSetDevice): CUDA keeps one current device per
+    host thread, and an engine's memory and kernels belong to the device it was loaded on."""
+    cuda_call(cudart().cudaSetDevice(int(index)), f"cudaSetDevice({int(index)})")
+
+
+@contextlib.contextmanager
+def on_device(index: int) -> Iterator[None]:
+    """Device `index` current on this thread inside the block and the caller's own device again after it (as
+    `torch.cuda.device` does): work on an engine's GPU never moves its caller to another GPU."""
+    previous = current_device()
+    if previous != index:
+        set_device(index)
+    try:
+        yield
+    finally:
+        if previous != index:
+            set_device(previous)
 
 
 def nbytes_of(shape: tuple[int, ...], dtype: Any) -> int:
@@ -180,18 +202,22 @@ class GraphCaptureError(PfdeployError):
 class CudaGraph:
     """Work captured from a stream once (cudaStreamBeginCapture/EndCapture), replayed by `launch`.
 
-    `enqueue` queues the work on the stream; if it returns False (TensorRT's execute_async_v3 does on
-    failure), or the capture is invalidated, or the graph cannot be instantiated, the capture is ended,
-    whatever was made is destroyed, the runtime's last error is cleared, and GraphCaptureError is
-    raised: an empty or partial graph is never kept. An exception from `enqueue` propagates after the
-    same clean-up.
+    `enqueue` queues the work on the stream; if the capture cannot begin, or `enqueue` returns False
+    (TensorRT's execute_async_v3 does on failure), or the capture is invalidated, or the graph cannot be
+    instantiated, the capture is ended, whatever was made is destroyed, the runtime's last error is
+    cleared, and GraphCaptureError is raised: an empty or partial graph is never kept. An exception from
+    `enqueue` propagates after the same clean-up.
     """
 
     def __init__(self, stream: Stream, enqueue: Callable[[], Any]):
         rt = cudart()
         self._rt, self._stream, self._exec = rt, stream, None
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        cuda_call(rt.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
+        (status,) = rt.cudaStreamBeginCapture(stream.handle, mode)
+        if int(status) != 0:  # nothing was begun: the stream runs the same work without a graph
+            rt.cudaGetLastError()
+            raise GraphCaptureError(f"CUDA graph capture failed: cudaStreamBeginCapture failed with "
+                                    f"{error_name(status)}")
         try:
             ok = enqueue() is not False
         except BaseException:

@@ -138,16 +138,32 @@ def compiled_for_cpu(core, ov_model, config: dict[str, Any], path: Path):
 def read_model_for_cpu(core, path: Path, model):
     """OpenVINO's model of the ONNX file `path` (`model`: its graph). A Q/DQ graph with ReLUs goes in
     re-encoded for x86 (`pfdeploy.calibration.qdq.openvino_graph_from_qdq`: the same quantization
-    grid, post-ReLU activations u8 instead of s8), so its convolutions run as fast as NNCF's."""
+    grid, post-ReLU activations u8 instead of s8), so its convolutions run as fast as NNCF's.
+
+    A graph OpenVINO's ONNX frontend cannot read (an undefined node input, an op it lacks) is one
+    PfdeployError line with OpenVINO's explanation, as ONNX Runtime's refusals are. The file passes
+    onnx.checker first: OpenVINO's frontend crashes the process (SIGSEGV) on some malformed graphs, such as
+    a Conv node with one input, which the checker refuses."""
     import io
 
+    from pfdeploy._onnxfile import checker_problem
     from pfdeploy.calibration.qdq import openvino_graph_from_qdq
 
+    problem = checker_problem(model)
+    if problem:
+        raise PfdeployError(f"{path} is not a valid ONNX graph ({problem}); OpenVINO is not given it: re-export it "
+                            "with `pfdeploy export`")
     reencoded = openvino_graph_from_qdq(model)
-    if reencoded is None:
-        return core.read_model(str(path))
-    log.debug("%s: read re-encoded for x86 (u8 activations after ReLU)", path)
-    return core.read_model(io.BytesIO(reencoded.SerializeToString()))
+    try:
+        if reencoded is None:
+            return core.read_model(str(path))
+        log.debug("%s: read re-encoded for x86 (u8 activations after ReLU)", path)
+        return core.read_model(io.BytesIO(reencoded.SerializeToString()))
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses on a graph it cannot read
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = ": ".join(line for line in lines if not line.startswith(("Check ", "Exception from ")))
+        raise PfdeployError(f"OpenVINO cannot read {path} ({reason[:240] or type(exc).__name__}); check the graph "
+                            "with `pfdeploy info --onnx FILE`, or re-export it with `pfdeploy export`") from None
 
 
 def _keep_batch_dynamic(ov_model, dynamic: bool) -> None:

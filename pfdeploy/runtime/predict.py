@@ -7,6 +7,7 @@ Both use the artifact's recorded Preprocess and the shared code of pfdeploy.cali
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,26 +42,87 @@ def batch_from_images(images: Sequence[Image.Image], pre: Preprocess, session: S
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image file (PfdeployError naming the file if it is missing or unreadable)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise PfdeployError(f"image {path} not found") from None
-    except OSError as exc:
-        raise PfdeployError(f"cannot read image {path}: {exc}") from None
+    """Decode an image file into 8-bit RGB with the calibration stage's reader (the same pixel limit,
+    16-bit and float scaling, and refusals: missing, a FIFO, too large, not an image), as a PfdeployError."""
+    from pfdeploy.calibration.images import read_image
+
+    return read_image(path)
+
+
+LABELS_FIX = "give a UTF-8 text file with one class name per line, in class-index order"
+
+
+def read_label_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line in class-index order (blank lines skipped); a missing,
+    non-regular, over-large or non-UTF-8 file is one PfdeployError line."""
+    from pfdeploy.limits import read_text_file
+
+    names = [line.strip() for line in read_text_file(path, "labels file", LABELS_FIX).splitlines() if line.strip()]
+    if not names:
+        raise PfdeployError(f"labels file {path} holds no names; {LABELS_FIX}")
+    return names
 
 
 def read_labels(path: str | Path | None, num_classes: int) -> list[str]:
     """Class names from a text file (one per line), or the class indices as strings."""
     if path is None:
         return [str(i) for i in range(num_classes)]
-    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = read_label_names(path)
     if len(lines) != num_classes:
         raise PfdeployError(f"labels file {path} has {len(lines)} names but the model has {num_classes} "
                             "classes; give one name per line, in class-index order")
     return lines
+
+
+_INDEX = re.compile(r"[0-9]{1,9}")
+
+
+def _names(names: Sequence[str], count: int = 5) -> str:
+    """The first `count` names for a message, each on no more than its own line (repr when not printable)."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names[:count])
+
+
+def class_indices(folders: Sequence[str], names: Sequence[str] | None, data: str | Path) -> list[int]:
+    """The model output index of each class folder, by name, never by position.
+
+    With `names` (the model's class names in index order: a --labels file, a fixture's classes) a folder
+    is the index of its name; without them a folder named by a non-negative integer is that index (the
+    folder `3` holds class 3 whatever other folders exist). A folder that matches no name, a name given
+    twice, non-numeric folders without names, or two folders of one index are refused in one line: an
+    accuracy from a guessed mapping would be wrong without saying so.
+    """
+    if names is not None:
+        positions: dict[str, int] = {}
+        for index, name in enumerate(names):
+            positions.setdefault(name, -1 if name in positions else index)
+        unknown = [f for f in folders if f not in positions]
+        if unknown:
+            raise PfdeployError(f"class folder(s) {_names(unknown)} of {data} are not among the {len(names)} "
+                                "class names given; name the folders by the model's class names (or indices)")
+        ambiguous = [f for f in folders if positions[f] < 0]
+        if ambiguous:
+            raise PfdeployError(f"class name(s) {_names(ambiguous)} appear more than once among the class "
+                                f"names given; {LABELS_FIX}")
+        return [positions[f] for f in folders]
+    if not all(_INDEX.fullmatch(f) for f in folders):
+        shown = _names([f for f in folders if not _INDEX.fullmatch(f)])
+        raise PfdeployError(f"class folders of {data} are named by class names ({shown[:80]}), not by class "
+                            f"indices: give the model's class names with --labels FILE ({LABELS_FIX})")
+    indices = [int(f) for f in folders]
+    if len(set(indices)) != len(indices):
+        raise PfdeployError(f"two class folders of {data} name the same class index ({_names(folders, 10)}); "
+                            "keep one folder per class")
+    return indices
+
+
+def check_class_folders(data: str | Path, names: Sequence[str] | None) -> None:
+    """Refuse, in one line and before any work, class folders of `data` that `class_indices` cannot map to
+    the model's outputs by name (with `names`: the model's class names); no-op without class folders."""
+    from pfdeploy.calibration.images import ImageSource
+
+    folders = ImageSource(data).stats.classes
+    if folders:
+        class_indices(folders, None if names is None else list(names), data)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,19 +152,26 @@ def run_padded(session: Session, batch: np.ndarray) -> np.ndarray:
 def predict(images: Sequence[str | Path], model: Any, *, top_k_count: int = 5,
             labels: str | Path | None = None, backend: str = "auto", device: str | None = None,
             **options: Any) -> list[dict[str, Any]]:
-    """Top-k classes of each image file: [{"image", "top": [{"index", "label", "probability"}]}]."""
+    """Top-k classes of each image file: [{"image", "top": [{"index", "label", "probability"}]}].
+
+    The labels file and every image are read (and refused in one line) before the model runs."""
     from pfdeploy.runtime import load
 
     if not images:
         raise PfdeployError("predict needs at least one image file")
     if top_k_count < 1:
         raise PfdeployError(f"--top-k must be at least 1, got {top_k_count}")
+    given = None if labels is None else read_label_names(labels)
+    decoded = [open_image(p) for p in images]
     with load(model, backend=backend, device=device, **options) as session:
         pre = session_preprocess(session)
-        batch = batch_from_images([open_image(p) for p in images], pre, session)
+        batch = batch_from_images(decoded, pre, session)
         step = session.input_spec.max_batch or len(images)
         logits = np.concatenate([run_padded(session, batch[i:i + step]) for i in range(0, len(batch), step)])
-    names = read_labels(labels, logits.shape[-1])
+    if given is not None and len(given) != logits.shape[-1]:
+        raise PfdeployError(f"labels file {labels} has {len(given)} names but the model has {logits.shape[-1]} "
+                            "classes; give one name per line, in class-index order")
+    names = given or read_labels(None, logits.shape[-1])
     probs = softmax(logits)
     best = top_k(logits, top_k_count)
     return [
@@ -136,11 +205,15 @@ def _chunks(pairs, size: int):
 
 def evaluate(artifact: Any, data: str | Path, *, batch: int = 32, limit: int | None = None,
              backend: str = "auto", device: str | None = None, progress: bool = True, seed: int = 0,
-             **options: Any) -> dict[str, Any]:
+             labels: str | Path | Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent) of an artifact on an ImageNet-style folder.
 
-    Images come from pfdeploy.calibration.images (sorted class folders give the labels; unreadable
-    files are skipped and counted); `limit` evaluates that many images drawn with `seed`.
+    Images come from pfdeploy.calibration.images (unreadable files are skipped and counted); `limit`
+    evaluates that many images drawn with `seed`. Class folders map to the model's outputs by name
+    (`class_indices`): a folder named by an integer is that output; `labels` (a --labels file, or the
+    class names themselves, e.g. a fixture's) gives the names of the outputs instead. A set that cannot
+    be mapped, or that names an output the model does not have, is refused before any accuracy is given.
+    An .npz source's labels are output indices.
     """
     from tqdm import tqdm
 
@@ -148,19 +221,29 @@ def evaluate(artifact: Any, data: str | Path, *, batch: int = 32, limit: int | N
 
     if batch < 1:
         raise PfdeployError(f"--batch must be at least 1, got {batch}")
+    names = read_label_names(labels) if isinstance(labels, (str, Path)) else labels
     source = _labeled_source(data)
-    classes = source.stats.classes or sorted({item.label for item in source.items})
     total = min(limit or len(source.items), len(source.items))
     correct1 = correct5 = count = 0
     with load(artifact, backend=backend, device=device, **options) as session:
         pre = session_preprocess(session)
+        if source.stats.classes:  # class folders: each item's label is its folder's position
+            index_of = class_indices(source.stats.classes, None if names is None else list(names), data)
+            classes = source.stats.classes
+        else:  # an array's labels are output indices already
+            classes = sorted({item.label for item in source.items})
+            index_of = list(range(max(classes) + 1))
         step = min(batch, session.input_spec.max_batch or batch)
         bar = tqdm(total=total, desc="eval", unit="img", disable=not progress)
         for chunk in _chunks(source.iter_labeled(limit, seed), step):
             logits = run_padded(session, batch_from_images([image for image, _ in chunk], pre, session))
-            if logits.shape[-1] < len(classes):
-                raise PfdeployError(f"the model has {logits.shape[-1]} classes but {data} has {len(classes)}")
-            truth = np.array([label for _, label in chunk])
+            if names is not None and len(names) != logits.shape[-1]:
+                raise PfdeployError(f"{len(names)} class names were given but the model has {logits.shape[-1]} "
+                                    f"classes; {LABELS_FIX}")
+            if max(index_of) >= logits.shape[-1]:
+                raise PfdeployError(f"{data} has a class {max(index_of)} but the model's outputs are 0.."
+                                    f"{logits.shape[-1] - 1}; check --data, --labels and the artifact")
+            truth = np.array([index_of[label] for _, label in chunk])
             best = top_k(logits, 5)
             correct1 += int((best[:, 0] == truth).sum())
             correct5 += int((best == truth[:, None]).any(axis=1).sum())

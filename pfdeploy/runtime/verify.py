@@ -1,4 +1,5 @@
-"""Verification of an ONNX artifact against the PyTorch model it was exported from.
+"""Verification of an artifact (ONNX graph, .pt2 package, or the torch backend's prepared model)
+against the PyTorch model it was exported from.
 
 The artifact runs in ONNX Runtime exactly as the file holds it (without the in-memory attention
 fusion that pfdeploy's runtime CPU sessions apply), so what is verified is what ships. Both run
@@ -12,6 +13,11 @@ Metrics (per input source): max_abs = max |got - ref|; max_rel = max_abs / max |
 relative to the logit range); mean_abs; cosine = the smallest per-sample cosine similarity;
 top1 = fraction of samples with the same top-1 class; top5 = fraction whose reference top-1
 class is in the artifact's top-5. Tolerances per precision are TOLERANCES.
+
+The same comparison judges pfdeploy's speed paths of PyTorch itself (`verify_session`): a `.pt2`
+package runs in its pt2 backend session, and `backend="torch"` runs the torch backend's session on
+the artifact's model (BatchNorm folded, optionally compiled or fused, on `device`, in `precision`
+fp32 or fp16); the reference stays the unprepared FP32 model on the CPU.
 """
 
 from __future__ import annotations
@@ -211,7 +217,9 @@ def _run_in_batches(fn, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
-VERIFY_BACKENDS = ("onnxruntime", "openvino")
+VERIFY_BACKENDS = ("onnxruntime", "openvino", "torch", "pt2")
+#: The compute precisions a verify backend takes (the others run the artifact's own).
+VERIFY_PRECISIONS = {"openvino": ("fp32", "bf16"), "torch": ("fp32", "fp16")}
 
 
 def verified_precision(artifact_precision: str, compute: str | None) -> str:
@@ -231,13 +239,92 @@ def _openvino_runner(artifact, compute: str | None, intra_op_threads: int | None
     return session, (spec.max_batch if spec.max_batch == spec.min_batch else None), in_dtype
 
 
+def verification_sources(samples: int, pre, seed: int, data: str | Path | None) -> dict[str, np.ndarray]:
+    """{source name: uint8 images} every verification compares on: noise, real-looking images, and `data`."""
+    sources = {"random": random_images(samples, pre.size, seed),
+               "real-looking": smooth_images(samples, pre.size, seed + 1)}
+    if data is not None:
+        if not Path(data).exists():
+            raise PfdeployError(f"--data {data} is not a folder of images or an .npy/.npz file")
+        sources["data"] = folder_images(data, pre, samples, seed)
+    return sources
+
+
+def check_counts(samples: int, batch: int) -> None:
+    """--samples (images per source) in 1..MAX_SAMPLES and --batch in 1..MAX_BATCH (pfdeploy.limits), or one
+    line: `--samples 100000000` would allocate tens of GB of images before anything is compared."""
+    from pfdeploy.limits import MAX_BATCH, MAX_SAMPLES
+
+    for name, value, top in (("--samples", samples, MAX_SAMPLES), ("--batch", batch, MAX_BATCH)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise PfdeployError(f"{name} must be an integer in 1..{top}, got {value!r}")
+
+
+def verify_session(session, model, *, samples: int = 8, data: str | Path | None = None, batch: int = 4,
+                   seed: int = 0, precision: str | None = None, artifact: str | None = None) -> VerifyReport:
+    """Compare a runtime Session (any backend) with `model`, the unprepared PyTorch reference, on the
+    same inputs (noise, real-looking images, `data`), within the tolerances of `precision` (default:
+    the session's). The session takes the images in its own input format; a fixed batch is honoured."""
+    import torch
+
+    check_counts(samples, batch)
+    meta, spec, pre = session.metadata, session.input_spec, session.preprocess
+    precision = precision or session.precision
+    if precision not in TOLERANCES:
+        raise PfdeployError(f"no tolerances for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    batch = spec.max_batch if spec.max_batch is not None and spec.max_batch == spec.min_batch else batch
+    in_dtype = np.float16 if spec.dtype == "float16" else None
+
+    def run_artifact(images: np.ndarray) -> np.ndarray:
+        x = images if spec.dtype == "uint8" else normalize_uint8(images, pre)
+        return np.asarray(session(x.astype(in_dtype) if in_dtype is not None else x)).astype(np.float32)
+
+    def run_torch(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(normalize_uint8(images, pre))).numpy()
+
+    sources = verification_sources(samples, pre, seed, data)
+    report = VerifyReport(artifact or str(meta.get("pfdeploy.model")), str(meta.get("pfdeploy.model")), precision,
+                          spec.input_format, str(meta.get("pfdeploy.checkpoint_sha256", "in-memory")),
+                          TOLERANCES[precision], backend=session.backend)
+    for name, images in sources.items():
+        report.sources[name] = compare_logits(_run_in_batches(run_torch, images, batch),
+                                              _run_in_batches(run_artifact, images, batch), precision)
+    return report
+
+
+def _verify_torch_path(artifact: str | Path, backend: str, *, checkpoint, samples: int, data, batch: int,
+                       seed: int, precision: str | None, device: str | None, options: dict | None) -> VerifyReport:
+    """verify_artifact for backend "pt2" (the package) and "torch" (the torch backend's session on the
+    artifact's model): the session against the unprepared PyTorch model from the metadata."""
+    from pfdeploy.export.metadata import model_from_metadata, require_pfdeploy_metadata
+    from pfdeploy.runtime import load
+
+    opened = {"device": device}
+    if backend == "torch":
+        opened.update(checkpoint=checkpoint, precision=precision or "fp32", **(options or {}))
+    elif options:
+        raise PfdeployError("session options apply to backend torch; a .pt2 package runs as it was compiled")
+    with load(artifact, backend=backend, **opened) as session:
+        require_pfdeploy_metadata(session.metadata, str(artifact))
+        model = model_from_metadata(session.metadata, checkpoint)
+        return verify_session(session, model, samples=samples, data=data, batch=batch, seed=seed,
+                              artifact=str(artifact))
+
+
 def verify_artifact(artifact: str | Path, *, checkpoint: str | Path | None = None, samples: int = 8,
                     data: str | Path | None = None, batch: int = 4, seed: int = 0,
-                    intra_op_threads: int | None = None, backend: str = "onnxruntime",
-                    precision: str | None = None) -> VerifyReport:
+                    intra_op_threads: int | None = None, backend: str | None = None,
+                    precision: str | None = None, device: str | None = None,
+                    options: dict | None = None) -> VerifyReport:
     """Run `artifact` in ONNX Runtime (or `backend="openvino"`, with `precision` "fp32"/"bf16") and its
     PyTorch model on the same inputs; compare the logits with the tolerances of the artifact's
-    precision (bf16 when an fp32 graph is computed in BF16)."""
+    precision (bf16 when an fp32 graph is computed in BF16).
+
+    backend None: "pt2" for a .pt2 package (`device`: default the one it was compiled for), else
+    "onnxruntime". backend "torch": the torch backend's session on the artifact's model (`precision`
+    fp32/fp16, `device`, `options` such as compile or fused), judged with the tolerances of `precision`.
+    """
     import torch
 
     from pfdeploy.export.metadata import (
@@ -249,13 +336,22 @@ def verify_artifact(artifact: str | Path, *, checkpoint: str | Path | None = Non
     )
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
 
-    if samples < 1 or batch < 1:
-        raise PfdeployError("--samples and --batch must be at least 1")
+    check_counts(samples, batch)
+    backend = backend or ("pt2" if str(artifact).lower().endswith(".pt2") else "onnxruntime")
     if backend not in VERIFY_BACKENDS:
         raise PfdeployError(f"verify runs artifacts with {' or '.join(VERIFY_BACKENDS)}, not {backend!r}")
-    if precision not in (None, "fp32") and backend != "openvino":
-        raise PfdeployError(f"precision {precision} needs backend openvino; onnxruntime runs the graph's own "
-                            "precision")
+    if precision not in (None, "fp32") and precision not in VERIFY_PRECISIONS.get(backend, ()):
+        computing = [b for b, computed in VERIFY_PRECISIONS.items() if precision in computed] or ["none"]
+        raise PfdeployError(f"precision {precision} needs backend {' or '.join(computing)}; {backend} runs the "
+                            "artifact's own precision")
+    if (str(artifact).lower().endswith(".pt2")) != (backend == "pt2") and backend != "torch":
+        raise PfdeployError(f"backend {backend} runs {'.pt2 packages' if backend == 'pt2' else 'ONNX files'}, "
+                            f"not {artifact}")
+    if device is not None and backend not in ("torch", "pt2"):
+        raise PfdeployError(f"--device applies to backends torch and pt2; {backend} verifies on the CPU")
+    if backend in ("torch", "pt2"):
+        return _verify_torch_path(artifact, backend, checkpoint=checkpoint, samples=samples, data=data,
+                                  batch=batch, seed=seed, precision=precision, device=device, options=options)
     meta = read_metadata(artifact)
     require_pfdeploy_metadata(meta, str(artifact))
     precision_of_artifact, input_format = meta[PREFIX + "precision"], meta[PREFIX + "input_format"]
@@ -286,12 +382,7 @@ def verify_artifact(artifact: str | Path, *, checkpoint: str | Path | None = Non
         with torch.no_grad():
             return model(torch.from_numpy(normalize_uint8(images, pre))).numpy()
 
-    sources = {"random": random_images(samples, pre.size, seed),
-               "real-looking": smooth_images(samples, pre.size, seed + 1)}
-    if data is not None:
-        if not Path(data).exists():
-            raise PfdeployError(f"--data {data} is not a folder of images or an .npy/.npz file")
-        sources["data"] = folder_images(data, pre, samples, seed)
+    sources = verification_sources(samples, pre, seed, data)
     report = VerifyReport(str(artifact), meta[PREFIX + "model"], precision, input_format,
                           meta[PREFIX + "checkpoint_sha256"], TOLERANCES[precision], backend=backend)
     for name, images in sources.items():

@@ -12,13 +12,22 @@ import re
 from dataclasses import dataclass
 
 from pfdeploy.errors import PfdeployError
-from pfdeploy.triton.spec import TENSORRT_PLATFORM, ArtifactSpec
+from pfdeploy.limits import MAX_BATCH
+from pfdeploy.triton.spec import INT32_MAX, TENSORRT_PLATFORM, ArtifactSpec
 
 DEVICES = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 DEFAULT_ONNX_MAX_BATCH = 32
 #: How Triton runs an .onnx file: its ONNX Runtime backend (platform onnxruntime_onnx) or its OpenVINO one.
 SERVING_BACKENDS = ("onnxruntime", "openvino")
 OPENVINO_BACKEND = "openvino"  # ArtifactSpec.platform of an ONNX file served by Triton's OpenVINO backend
+UINT64_MAX = 2**64 - 1  # model_config.proto: max_queue_delay_microseconds is a uint64
+#: A Triton model name is one plain folder name in the repository: no path separators, not `.`/`..`, no
+#: leading dot (hidden) or dash (read as an option by shell tools), printable ASCII only, at most 128 long.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class Enum(str):
+    """A protobuf enum value (TYPE_FP32, KIND_GPU): written bare. Every other string is quoted and escaped."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,22 @@ class TritonOptions:
     cuda_graphs: bool = True  # engines only
 
 
+def check_model_name(name: str, fix: str = "give a plain name such as r50_int8") -> str:
+    """`name` if it is a plain Triton model name (MODEL_NAME), else a one-line PfdeployError: a name such
+    as `../x`, `/abs`, `a/b` or `.` would put the model outside the repository or nest it inside."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise PfdeployError(f"{name!r} is not a Triton model name (letters, digits, _ . -, not starting "
+                            f"with . or -, at most 128 characters: one folder in --repo); {fix}")
+    return name
+
+
 def model_name_for(spec: ArtifactSpec) -> str:
-    """Triton model name: the file stem with dots and odd characters as `_`, `_trt` for engines."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", spec.path.stem).strip("_") or "model"
+    """Triton model name: the file stem with dots and odd characters as `_`, `_trt` for engines.
+    A stem that gives no plain name (one too long) is refused: name the model with --name."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", spec.path.stem).strip("_-") or "model"
     suffix = {TENSORRT_PLATFORM: "_trt", OPENVINO_BACKEND: "_openvino"}.get(spec.platform, "")
-    return stem + suffix
+    return check_model_name(stem + suffix, f"the name comes from the file name {spec.path.name!r}: "
+                                           "give one with --name")
 
 
 def openvino_parameters(instances: int) -> list[dict]:
@@ -51,8 +71,9 @@ def openvino_parameters(instances: int) -> list[dict]:
 
 def resolve_max_batch(spec: ArtifactSpec, requested: int | None) -> int:
     """max_batch_size for Triton: 0 for a fixed-batch artifact, bounded by an engine's profile."""
-    if requested is not None and requested < 0:
-        raise PfdeployError(f"--max-batch must be >= 0, got {requested}")
+    if requested is not None and not 0 <= requested <= INT32_MAX:
+        raise PfdeployError(f"--max-batch must be 0..{INT32_MAX} (Triton's max_batch_size is an int32), got "
+                            f"{requested}")
     if not spec.batch_dynamic:
         if requested:
             raise PfdeployError(
@@ -70,6 +91,9 @@ def resolve_max_batch(spec: ArtifactSpec, requested: int | None) -> int:
                 f"{low}..{high}; rebuild the engine with a larger profile or lower --max-batch"
             )
         return requested
+    if requested is not None and requested > MAX_BATCH:
+        raise PfdeployError(f"{spec.path}: --max-batch {requested} is over the largest batch a dynamic ONNX batch "
+                            f"declares in pfdeploy (1..{MAX_BATCH}); use --max-batch {MAX_BATCH} or less")
     return DEFAULT_ONNX_MAX_BATCH if requested is None else requested
 
 
@@ -88,7 +112,7 @@ def preferred_batch_sizes(spec: ArtifactSpec, max_batch: int, requested: tuple[i
 
 def _tensor_entry(tensor, batched: bool) -> dict:
     dims = list(tensor.shape[1:] if batched else tensor.shape)
-    entry = {"name": tensor.name, "data_type": tensor.dtype, "dims": dims or [1]}
+    entry = {"name": tensor.name, "data_type": Enum(tensor.dtype), "dims": dims or [1]}
     if not dims:  # Triton wants at least one dim: a per-sample scalar is [1] reshaped to []
         entry["reshape"] = {"shape": []}
     return entry
@@ -97,8 +121,13 @@ def _tensor_entry(tensor, batched: bool) -> dict:
 def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | None = None) -> dict:
     """The ModelConfig of one artifact as a dict (field names as in Triton's model_config.proto)."""
     options = options or TritonOptions()
-    if options.instances < 1:
-        raise PfdeployError(f"--instances must be >= 1, got {options.instances}")
+    check_model_name(name)
+    if not 1 <= options.instances <= INT32_MAX:
+        raise PfdeployError(f"--instances must be 1..{INT32_MAX} (Triton's count is an int32), got "
+                            f"{options.instances}")
+    if not 0 <= options.queue_delay_us <= UINT64_MAX:
+        raise PfdeployError(f"--queue-delay-us must be 0..{UINT64_MAX} microseconds (a uint64 in Triton's "
+                            f"schema), got {options.queue_delay_us}")
     if options.device not in DEVICES:
         raise PfdeployError(f"unknown device {options.device!r}; use one of {sorted(DEVICES)}")
     engine = spec.platform == TENSORRT_PLATFORM
@@ -128,7 +157,7 @@ def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | Non
         }
     auto_kind = "KIND_GPU" if engine else "KIND_CPU" if openvino else DEVICES["auto"]
     kind = auto_kind if options.device == "auto" else DEVICES[options.device]
-    config["instance_group"] = [{"count": options.instances, "kind": kind}]
+    config["instance_group"] = [{"count": options.instances, "kind": Enum(kind)}]
     if openvino:
         config["parameters"] = openvino_parameters(options.instances)
     if engine and options.cuda_graphs:
@@ -140,15 +169,50 @@ def config_from_spec(spec: ArtifactSpec, name: str, options: TritonOptions | Non
     return config
 
 
+_NAMED_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("'"): "\\'",
+                  ord("\\"): "\\\\"}
+
+
+def escape_text(text: str, *, comment: bool = False) -> str:
+    """`text` as printable ASCII the protobuf text format reads back unchanged inside "...": quotes and
+    backslashes escaped, \\n \\r \\t named, every other byte outside printable ASCII (control characters,
+    DEL, the UTF-8 bytes of non-ASCII text) as an octal escape. So no value can end its string or its
+    `#` comment line, whatever it holds.
+
+    A protobuf string must be UTF-8: text that is not (lone surrogates, as os.fsdecode gives for file
+    names that are not UTF-8) is refused, except in a comment (`comment=True`), where its original bytes
+    are shown escaped.
+    """
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        if comment:  # the file-name bytes os.fsdecode kept as surrogates; any other lone surrogate as \\udXXX
+            try:
+                data = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                data = text.encode("utf-8", "backslashreplace")
+            return _escaped(data)
+        raise PfdeployError(f"{text!r} is not valid UTF-8 text, which a config.pbtxt string must be; rename "
+                            "the tensor (or the field) to UTF-8 text") from None
+    return _escaped(data)
+
+
+def _escaped(data: bytes) -> str:
+    return "".join(_NAMED_ESCAPES.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\{b:03o}") for b in data)
+
+
 def _scalar(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and re.fullmatch(r"(TYPE|KIND)_[A-Z0-9_]+", value):
-        return value  # enum value
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    if isinstance(value, Enum):
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+            raise ValueError(f"not a protobuf enum value: {value!r}")  # a bug: enum values are pfdeploy's own
+        return str(value)
+    if isinstance(value, str):
+        return f'"{escape_text(value)}"'
+    raise TypeError(f"config.pbtxt cannot hold {type(value).__name__} {value!r}")
 
 
 def _render(obj: dict, indent: int) -> list[str]:
@@ -168,6 +232,7 @@ def _render(obj: dict, indent: int) -> list[str]:
 
 
 def pbtxt_from_config(config: dict, comments: tuple[str, ...] = ()) -> str:
-    """Protobuf text format of a config dict, with optional leading `#` comment lines."""
-    header = [f"# {line}" for line in comments]
+    """Protobuf text format of a config dict, with optional leading `#` comment lines (escaped like
+    strings, so a comment cannot end its line). The text is printable ASCII."""
+    header = [f"# {escape_text(line, comment=True)}" for line in comments]
     return "\n".join([*header, *_render(config, 0)]) + "\n"

@@ -13,6 +13,7 @@ from pfdeploy.triton.config import (
     OPENVINO_BACKEND,
     SERVING_BACKENDS,
     TritonOptions,
+    check_model_name,
     config_from_spec,
     model_name_for,
     pbtxt_from_config,
@@ -34,35 +35,64 @@ class TritonModel:
 
 
 def _external_data_files(spec: ArtifactSpec) -> list[Path]:
-    """Files holding an ONNX model's external initializers (empty for a self-contained model)."""
+    """Files holding an ONNX model's external initializers (empty for a self-contained model), each a
+    regular file inside the model's folder: an absolute or escaping location (`/etc/passwd`,
+    `../../x`) is refused in one line, never copied (pfdeploy._onnxfile.external_data_files)."""
     if not spec.filename.endswith(".onnx"):
         return []
-    import onnx
+    from pfdeploy._onnxfile import external_data_files
 
-    model = onnx.load(str(spec.path), load_external_data=False)
-    locations = {
-        entry.value
-        for init in model.graph.initializer
-        if init.data_location == onnx.TensorProto.EXTERNAL
-        for entry in init.external_data
-        if entry.key == "location"
-    }
-    return [spec.path.parent / loc for loc in sorted(locations)]
+    return external_data_files(spec.path)
 
 
 SERVED_MODE = 0o644  # the server often runs as another user (containers): readable by all, whatever the umask
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst, mode=SERVED_MODE) as tmp:
         shutil.copyfile(src, tmp)
+
+
+WRITTEN_BY = "written by pfdeploy"  # the first comment of every config.pbtxt pfdeploy writes
+VERSION = "1"  # the one version folder pfdeploy writes
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Refuse a model folder holding what pfdeploy did not write: a config.pbtxt without its mark, or a
+    version folder other than 1, which Triton's default version policy (latest) would serve instead."""
+    config = folder / "config.pbtxt"
+    if config.is_file():
+        with open(config, "rb") as f:
+            head = f.read(len(WRITTEN_BY) + 2)
+        if head != f"# {WRITTEN_BY}".encode():
+            raise PfdeployError(f"{folder} holds a config.pbtxt that pfdeploy did not write; choose another "
+                                "--name or --repo, or move that model away")
+    if folder.is_dir():
+        foreign = sorted((p.name for p in folder.iterdir() if p.name.isdigit() and p.name != VERSION and p.is_dir()),
+                         key=int)
+        if foreign:
+            raise PfdeployError(f"{folder} holds version folder(s) {', '.join(foreign)} that pfdeploy did not write; "
+                                f"Triton would serve the latest of them instead of version {VERSION}: remove them, "
+                                "or choose another --name or --repo")
+
+
+def _check_repo_outside(repo, artifacts) -> None:
+    """Refuse a --repo that is, or lies above, the folder holding an artifact: the artifacts would sit in the
+    repository beside the models, where Triton reads every folder as a model."""
+    root = Path(repo).resolve()
+    for artifact in artifacts:
+        folder = Path(artifact).resolve().parent
+        if folder == root or root in folder.parents:
+            raise PfdeployError(f"--repo {repo} holds the artifact {artifact}; write the repository to a folder "
+                                "of its own, outside the artifacts' folder")
 
 
 def _provenance(spec: ArtifactSpec) -> tuple[str, ...]:
     meta = spec.metadata
     keys = ("pfdeploy.model", "pfdeploy.precision", "pfdeploy.input_format", "pfdeploy.checkpoint_sha256")
     described = ", ".join(f"{k.split('.', 1)[1]}={meta[k]}" for k in keys if k in meta)
-    lines = [f"written by pfdeploy from {spec.path.name}"]
+    lines = [f"{WRITTEN_BY} from {spec.path.name}"]
     if described:
         lines.append(described)
     return tuple(lines)
@@ -87,18 +117,21 @@ def model_from_artifact(artifact, repo, options: TritonOptions | None = None, na
     by `backend` ("onnxruntime" or "openvino" for an .onnx file; see `spec_for_backend`)."""
     options = options or TritonOptions()
     spec = spec_for_backend(artifact, backend)
-    name = name or model_name_for(spec)
+    name = model_name_for(spec) if name is None else check_model_name(name)
     config = config_from_spec(spec, name, options)
+    text = pbtxt_from_config(config, _provenance(spec))
     model_dir = Path(repo) / name
-    version_dir = model_dir / "1"
+    _check_repo_outside(repo, [spec.path])
+    _check_model_folder(model_dir)
+    version_dir = model_dir / VERSION
     model_path = version_dir / spec.filename
     for extra in _external_data_files(spec):
         if not extra.is_file():
             raise PfdeployError(f"{spec.path}: external data file {extra} is missing")
-        _copy_atomic(extra, version_dir / extra.name)
+        _copy_atomic(extra, version_dir / extra.relative_to(spec.path.parent))  # where its locations say
     _copy_atomic(spec.path, model_path)
     config_path = model_dir / "config.pbtxt"
-    write_bytes_atomic(config_path, pbtxt_from_config(config, _provenance(spec)).encode(), mode=SERVED_MODE)
+    write_bytes_atomic(config_path, text.encode("ascii"), mode=SERVED_MODE)
     log.info("triton: %s (%s) -> %s", name, spec.platform, model_dir)
     return TritonModel(name, spec.platform, config_path, model_path, config)
 
@@ -134,7 +167,7 @@ def repository_from_artifacts(
         raise PfdeployError(f"{len(names)} names for {len(artifacts)} artifacts; give one name per artifact")
     serving = _backends_for(artifacts, backends)
     specs = [spec_for_backend(a, b) for a, b in zip(artifacts, serving, strict=True)]
-    chosen = [n or model_name_for(s) for n, s in zip(names, specs, strict=True)]
+    chosen = [model_name_for(s) if n is None else check_model_name(n) for n, s in zip(names, specs, strict=True)]
     duplicates = sorted({n for n in chosen if chosen.count(n) > 1})
     if duplicates:
         raise PfdeployError(f"two artifacts map to the Triton model name(s) {duplicates}; rename one file")
@@ -142,8 +175,11 @@ def repository_from_artifacts(
     extras = [_external_data_files(spec) for spec in specs]
     inputs = [*artifacts, *(file for files in extras for file in files)]
     for spec, name, files in zip(specs, chosen, extras, strict=True):
-        config_from_spec(spec, name, options)  # validate every option before writing
+        pbtxt_from_config(config_from_spec(spec, name, options), _provenance(spec))  # every option, before writing
         folder = Path(repo) / name
         for path in [folder / "1" / spec.filename, folder / "config.pbtxt", *(folder / "1" / f.name for f in files)]:
             refuse_overwrite(path, inputs, "the repository file")  # e.g. --repo around the artifacts
+    _check_repo_outside(repo, artifacts)
+    for name in chosen:
+        _check_model_folder(Path(repo) / name)
     return [model_from_artifact(a, repo, options, n, b) for a, n, b in zip(artifacts, chosen, serving, strict=True)]

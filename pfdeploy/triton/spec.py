@@ -13,6 +13,8 @@ from pfdeploy.errors import PfdeployError
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
+INT32_MAX = 2**31 - 1  # model_config.proto: max_batch_size, count, preferred_batch_size are int32
+INT64_MAX = 2**63 - 1  # dims are int64
 
 # onnx.TensorProto element type name -> Triton DataType name (model_config.proto).
 TRITON_DTYPES = {
@@ -102,14 +104,44 @@ def spec_from_onnx(path: str | Path) -> ArtifactSpec:
     return ArtifactSpec(path, ONNX_PLATFORM, inputs, outputs, _batch_dynamic(inputs + outputs), None, meta)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_from_manifest(entry, where: Path) -> TensorSpec:
+    """One `io` entry of a manifest: name a string, dtype a string, shape a list of integers each -1
+    (dynamic) or 1..int64 max. Anything else is refused: `int()` would read "1234" as [1, 2, 3, 4] and
+    3.7 as 3."""
+    fix = "rebuild the engine with `pfdeploy build-engine --force`"
+    if not isinstance(entry, dict) or not {"name", "dtype", "shape"} <= set(entry):
+        raise PfdeployError(f"{where}: manifest tensor entry {entry!r:.80} lacks name/dtype/shape; {fix}")
+    name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
+    if not isinstance(name, str) or not name:
+        raise PfdeployError(f"{where}: manifest tensor name {name!r:.80} is not a non-empty string; {fix}")
+    if not isinstance(dtype, str):
+        raise PfdeployError(f"{where}: tensor {name!r}: dtype {dtype!r:.80} is not a string; {fix}")
+    if not isinstance(shape, list) or not all(_is_int(d) and (d == -1 or 1 <= d <= INT64_MAX) for d in shape):
+        raise PfdeployError(f"{where}: tensor {name!r}: shape {shape!r:.80} is not a list of integers, each -1 "
+                            f"(dynamic) or 1..{INT64_MAX}; {fix}")
+    return TensorSpec(name, triton_dtype(dtype), tuple(shape))
+
+
 def _tensors_from_manifest(entries, where: Path) -> tuple[TensorSpec, ...]:
-    try:
-        return tuple(
-            TensorSpec(e["name"], triton_dtype(str(e["dtype"])), tuple(int(d) for d in e["shape"]))
-            for e in entries
-        )
-    except (KeyError, TypeError) as exc:
-        raise PfdeployError(f"{where}: manifest tensor entry lacks name/dtype/shape ({exc})") from exc
+    if not isinstance(entries, list):
+        raise PfdeployError(f"{where}: manifest io entries are not a list; rebuild the engine")
+    return tuple(_tensor_from_manifest(e, where) for e in entries)
+
+
+def _profile_from_manifest(batch, where: Path) -> tuple[int, int, int]:
+    """(min, opt, max) of the manifest's `batch`: integers with 1 <= min <= opt <= max <= int32 max."""
+    values = [batch.get(k) for k in ("min", "opt", "max")] if isinstance(batch, dict) else None
+    if not values or not all(_is_int(v) for v in values):
+        raise PfdeployError(f"{where}: manifest batch {batch!r:.80} is not integer min/opt/max; rebuild the engine")
+    low, opt, high = values
+    if not 1 <= low <= opt <= high <= INT32_MAX:
+        raise PfdeployError(f"{where}: manifest batch min/opt/max {low}/{opt}/{high} is not 1 <= min <= opt <= max "
+                            f"<= {INT32_MAX}; rebuild the engine")
+    return low, opt, high
 
 
 def spec_from_engine(path: str | Path) -> ArtifactSpec:
@@ -122,10 +154,9 @@ def spec_from_engine(path: str | Path) -> ArtifactSpec:
     sha256 (a strongly typed engine keeps the ONNX graph's inputs and outputs).
     """
     from pfdeploy.engines.manifest import check_plan_matches, read_manifest
+    from pfdeploy.limits import require_regular_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise PfdeployError(f"{path}: no such engine; build it with `pfdeploy build-engine`")
+    path = require_regular_file(path, "engine", "build it with `pfdeploy build-engine`")
     manifest = read_manifest(path)
     check_plan_matches(path, manifest)
     return spec_from_manifest(manifest, path)
@@ -154,17 +185,17 @@ def spec_from_manifest(manifest: dict, path: Path) -> ArtifactSpec:
     """ArtifactSpec of the engine at `path` from its manifest dict (see spec_from_engine)."""
     where = Path(str(path) + ".json")
     io = manifest.get("io") or {}
+    source = manifest.get("onnx") or {}
+    meta = (source.get("metadata") or {}) if isinstance(source, dict) else None
+    if not isinstance(io, dict) or not isinstance(meta, dict):
+        raise PfdeployError(f"{where}: manifest `io` or `onnx.metadata` is not an object; rebuild the engine")
     if io.get("inputs") and io.get("outputs"):
         inputs = _tensors_from_manifest(io["inputs"], where)
         outputs = _tensors_from_manifest(io["outputs"], where)
     else:
         inputs, outputs = _io_from_source_onnx(manifest, path)
-    batch = manifest.get("batch") or {}
-    try:
-        profile = (int(batch["min"]), int(batch["opt"]), int(batch["max"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PfdeployError(f"{where}: manifest has no batch min/opt/max; rebuild the engine") from exc
-    meta = {k: str(v) for k, v in ((manifest.get("onnx") or {}).get("metadata") or {}).items()}
+    profile = _profile_from_manifest(manifest.get("batch"), where)
+    meta = {str(k): str(v) for k, v in meta.items()}
     dynamic = _batch_dynamic(inputs + outputs)
     return ArtifactSpec(path, TENSORRT_PLATFORM, inputs, outputs, dynamic, profile, meta)
 

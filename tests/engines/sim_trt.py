@@ -2,7 +2,9 @@
 
 It follows the documented behaviour pfdeploy's code depends on: TF32 is enabled by default in a new
 builder config (BuilderFlag.TF32: "Enabled by default"); `create_timing_cache` returns None for
-bytes that are not a timing cache; `set_timing_cache(cache, ignore_mismatch=False)` returns False for
+bytes that are not a timing cache and raises (RuntimeError, as pybind11 turns a C++ exception) on a
+truncated one; `add_optimization_profile` returns -1 for a profile TensorRT finds invalid (forced with
+`reject_profiles = True`); `set_timing_cache(cache, ignore_mismatch=False)` returns False for
 a cache made by another TensorRT version; `build_serialized_network` returns the plan (bytes) or None;
 a version-compatible plan needs `Runtime.engine_host_code_allowed` to deserialize. The "plan" is
 b"SIMPLAN" (b"SIMPLAN-VC" when built VERSION_COMPATIBLE). A test double of TensorRT, not of pfdeploy:
@@ -58,6 +60,7 @@ class SimBuilderTensorRT:
     def __init__(self, fail_build: bool = False):
         self.configs: list[SimConfig] = []
         self.fail_build = fail_build
+        self.reject_profiles = False
         trt = self
 
         class Builder:
@@ -144,6 +147,8 @@ class SimConfig:
         self.pool_limits[pool] = size
 
     def add_optimization_profile(self, profile) -> int:
+        if self.trt.reject_profiles or not profile.shapes:
+            return -1  # TensorRT's answer for an invalid profile; nothing is added
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
@@ -151,6 +156,8 @@ class SimConfig:
         if not data:
             return SimTimingCache(self.trt.__version__)
         parts = bytes(data).decode(errors="replace").split(":")
+        if parts[0] == "SIMCACHE" and len(parts) != 3:
+            raise RuntimeError("timing cache deserialization failed: truncated")  # what pybind11 raises
         if len(parts) != 3 or parts[0] != "SIMCACHE" or not parts[2].isdigit():
             return None  # not a timing cache: TensorRT returns no cache
         return SimTimingCache(parts[1], int(parts[2]))

@@ -221,3 +221,31 @@ def test_cli_tf32_opt_in_is_recorded(sim_builder, make_onnx, capsys):
     assert main(["build-engine", str(onnx_path), "--tf32", "--no-progress"]) == 0
     assert read_manifest(onnx_path.with_suffix(".plan"))["build"]["tf32"] is True
     assert "built " in capsys.readouterr().out
+
+
+# --- failures TensorRT reports by its result or by raising (issue 19, item 16) ------------------------------
+
+
+def test_a_profile_tensorrt_rejects_is_an_error(sim_builder, make_onnx, tmp_path):
+    from pfdeploy.engines import engine_from_onnx
+
+    sim_builder.reject_profiles = True  # add_optimization_profile returns -1 (TensorRT: the profile is invalid)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(PfdeployError, match="optimization profile") as exc:
+        engine_from_onnx(make_onnx(), progress=False)
+    assert "\n" not in str(exc.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*before, "tiny.onnx"]  # no plan, no manifest
+
+
+def test_a_timing_cache_tensorrt_raises_on_is_rejected_not_fatal(sim_builder, make_onnx, tmp_path, caplog):
+    """TensorRT may raise from create_timing_cache on a damaged file (Polygraphy treats that as no cache):
+    the build goes on with a fresh cache and the file is left as it was."""
+    from pfdeploy.engines import engine_from_onnx
+
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"SIMCACHE:10.9.0")  # truncated: the simulated TensorRT raises, as pybind11 does
+    with caplog.at_level("WARNING", logger="pfdeploy.engines.build"):
+        result = engine_from_onnx(make_onnx(), timing_cache=cache, progress=False)
+    assert result.path.read_bytes() == b"SIMPLAN" and sim_builder.config.timing_cache is not None
+    assert cache.read_bytes() == b"SIMCACHE:10.9.0"
+    assert any("rejected the timing cache" in r.getMessage() for r in caplog.records)

@@ -43,3 +43,25 @@ def test_gpu_query_without_a_gpu_is_a_missing_dependency():
 
     with pytest.raises(MissingDependencyError, match="cudaGetDeviceCount failed with cudaError.*no usable CUDA GPU"):
         gpu_facts()
+
+
+def test_the_environment_describes_the_current_device_not_device_0(monkeypatch):
+    """On a machine with two GPUs, TensorRT builds and loads on the thread's current device: that is the
+    device the manifest and the loadability check must describe (tests/runtime/sim_gpu.py's runtime)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "runtime"))
+    from sim_gpu import SimCudart
+
+    import pfdeploy.engines.environment as environment
+    from pfdeploy.runtime import cuda_memory
+
+    sim = SimCudart(device=1, device_count=2)
+    sim.device_names = ["NVIDIA H100", "NVIDIA A100"]
+    sim.compute_capabilities = [(9, 0), (8, 0)]
+    monkeypatch.setattr(cuda_memory, "cudart", lambda: sim)
+    monkeypatch.setattr(environment, "require_tensorrt", lambda: SimpleNamespace(__version__="10.9.0"))
+    env = environment.current_environment()
+    assert (env["gpu_index"], env["gpu_name"], env["compute_capability"]) == (1, "NVIDIA A100", "8.0")
+    assert environment.current_environment(0)["gpu_name"] == "NVIDIA H100"  # asked for explicitly

@@ -192,6 +192,16 @@ LOADABLE = [
     ({"vc": True}, {"tensorrt_version": "10.4.0"}, True, "version-compatible engine from TensorRT 10.3.0"),
     ({"vc": True, "trt": "10.4.0"}, {"tensorrt_version": "10.3.0"}, False, "older TensorRT"),
     ({"vc": True}, {"tensorrt_version": "11.0.0"}, True, "on 11.0.0"),
+    # TensorRT's promise for version-compatible plans: newer runtimes of the same major, plus 8 -> 9/10 and
+    # 10 -> 11 (Engine Compatibility / Support Matrix docs), built with 8.6 or newer
+    ({"vc": True}, {"tensorrt_version": "12.0.0"}, False, "TensorRT promises"),
+    ({"vc": True, "trt": "8.6.1"}, {"tensorrt_version": "10.4.0"}, True, "version-compatible engine from"),
+    ({"vc": True, "trt": "8.6.1"}, {"tensorrt_version": "9.2.0"}, True, "version-compatible engine from"),
+    ({"vc": True, "trt": "8.6.1"}, {"tensorrt_version": "11.0.0"}, False, "TensorRT promises"),
+    ({"vc": True, "trt": "9.2.0"}, {"tensorrt_version": "11.1.0"}, False, "TensorRT promises"),
+    ({"vc": True, "trt": "9.2.0"}, {"tensorrt_version": "10.4.0"}, False, "TensorRT promises"),  # no text says so
+    ({"vc": True, "trt": "8.5.3"}, {"tensorrt_version": "8.6.1"}, False, "8.6"),
+    ({"vc": True, "trt": "11.0.0"}, {"tensorrt_version": "11.4.1"}, True, "version-compatible engine from"),
     ({"trt": "10.3.0.26"}, {"tensorrt_version": "10.3.0.26"}, True, "loadable"),
     ({"cc": None}, {}, False, "compute capability"),
     ({"trt": None}, {}, False, "TensorRT version"),

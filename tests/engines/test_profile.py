@@ -86,3 +86,10 @@ def test_onnx_facts_errors(tmp_path):
     junk.write_bytes(b"\x00not an onnx model\xff" * 10)
     with pytest.raises(PfdeployError, match="not an ONNX model, or is truncated"):
         onnx_facts(junk)
+
+
+def test_a_batch_range_past_the_largest_batch_is_refused():
+    """`build-engine --batch 1,8,8192` was built, then its own manifest was refused as damaged (max > 4096)."""
+    assert check_batch_range((1, 8, 4096)) == (1, 8, 4096)
+    with pytest.raises(PfdeployError, match="the largest batch pfdeploy runs is 4096"):
+        check_batch_range((1, 8, 8192))

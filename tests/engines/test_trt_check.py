@@ -85,7 +85,10 @@ def test_default_table_is_tensorrt_10_1_with_its_source():
 def test_shipped_table_is_the_transcription_with_its_errata_only():
     shipped = json.loads((Path(trt_matrix.__file__).parent / "data" / "onnx-tensorrt-operators-10.1.json").read_text())
     source = json.loads(SHARED_TABLE.read_text())
-    assert shipped["source"] == source["source"] and shipped["rules"] == source["rules"]
+    assert shipped["source"] == source["source"] and shipped["rules"][:len(source["rules"])] == source["rules"]
+    added = shipped["rules"][len(source["rules"]):]  # from TensorRT's headers, each naming its source
+    assert len(added) == 2 and all("added by pfdeploy" in r and ("NvInfer.h" in r or "NvInferRuntimeBase.h" in r)
+                                   for r in added)
     changed = sorted(op for op in source["operators"] if source["operators"][op] != shipped["operators"][op])
     assert changed == ["ConstantOfShape", "Selu"] and len(shipped["errata"]) == 2  # the typos it names
 
@@ -380,3 +383,106 @@ def test_require_trt_compatible_is_one_line():
     path = Path(__file__).parent / "no-such.onnx"
     with pytest.raises(PfdeployError, match="not found"):
         require_trt_compatible(path)
+
+
+# --- graphs ONNX itself rejects, and an empty op_type (issue 19, item 8) -------------------------------------
+
+
+def _cyclic() -> onnx.ModelProto:
+    """Add and Relu feeding each other: `a = x + r`, `r = relu(a)` (onnx.checker: not topologically sorted)."""
+    nodes = [helper.make_node("Add", ["x", "r"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu")]
+    return graph(nodes, [("x", F32, [2])], [("r", F32, [2])])
+
+
+def _self_loop() -> onnx.ModelProto:
+    return graph([helper.make_node("Add", ["x", "y"], ["y"], name="loop")], [("x", F32, [2])], [("y", F32, [2])])
+
+
+def _cycle_in_a_branch() -> onnx.ModelProto:
+    """The cycle inside an If's then-branch (reading `x` from the enclosing graph is fine)."""
+    then = helper.make_graph([helper.make_node("Add", ["x", "r"], ["a"], name="add"),
+                              helper.make_node("Relu", ["a"], ["r"], name="relu")], "then", [], [value("r", F32, [2])])
+    other = helper.make_graph([helper.make_node("Relu", ["x"], ["s"], name="relu2")], "else", [],
+                              [value("s", F32, [2])])
+    node = helper.make_node("If", ["c"], ["y"], name="if", then_branch=then, else_branch=other)
+    return graph([node], [("x", F32, [2]), ("c", onnx.TensorProto.BOOL, [])], [("y", F32, [2])])
+
+
+@pytest.mark.parametrize("make, node", [(_cyclic, "add"), (_self_loop, "loop"),
+                                        (_cycle_in_a_branch, "if/then_branch/add")])
+def test_cycles_and_self_loops_fail_like_onnx_checker(tmp_path, capsys, make, node):
+    model = make()
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    assert rules_of(model) == {(node, "graph-order")}
+    path = tmp_path / "cyclic.onnx"
+    onnx.save(model, str(path))
+    assert main(["check-trt", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and f"node {node!r}" in out and "graph-order" in out
+    assert main(["info", "--onnx", str(path)]) == 0
+    section = json.loads(capsys.readouterr().out)["tensorrt_check"]
+    assert section["passed"] is False and [v["rule"] for v in section["violations"]] == ["graph-order"]
+
+
+def test_a_dangling_input_is_named():
+    model = graph([helper.make_node("Relu", ["nowhere"], ["y"], name="r")], [("x", F32, [2])], [("y", F32, [2])])
+    [violation] = trt_violations(model)
+    assert violation.rule == "graph-order" and "'nowhere'" in violation.detail
+
+
+def test_an_empty_op_type_gets_a_message_that_says_so():
+    model = graph([helper.make_node("", ["x"], ["y"], name="blank")], [("x", F32, [2])], [("y", F32, [2])])
+    [violation] = trt_violations(model)
+    assert violation.rule == "unsupported-op" and "no op_type" in str(violation)
+    assert str(violation).startswith("node 'blank'") and " is not in" not in str(violation)
+
+
+# --- rules from TensorRT's headers (issue 19, item 15) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("to, ok", [(F32, True), (F16, True), (I32, False), (I64, False), (TensorProto.BOOL, False),
+                                    (TensorProto.BFLOAT16, False)])
+def test_a_cast_from_uint8_converts_only_to_float_or_half(to, ok):
+    cast = helper.make_node("Cast", ["x"], ["y"], to=to, name="cast")
+    model = graph([cast], [("x", U8, [1, 4])], [("y", to, [1, 4])])
+    assert rules_of(model) == (set() if ok else {("cast", "uint8-cast")})
+    if not ok:
+        [violation] = [v for v in trt_violations(model) if v.rule == "uint8-cast"]
+        assert "NvInferRuntimeBase.h" in violation.detail
+
+
+def test_a_cast_to_a_uint8_output_only_from_float_or_half():
+    model = graph([helper.make_node("Cast", ["x"], ["y"], to=U8, name="to_u8")], [("x", I32, [4])], [("y", U8, [4])])
+    assert rules_of(model) == {("to_u8", "uint8-cast")}
+
+
+def _per_channel_dq(rooted_at_constant: bool) -> onnx.ModelProto:
+    """A DQ with a 1-D scale (per-channel) over a weight (Q of an initializer) or over an activation."""
+    inits = [init("s", np.full(4, 0.1, np.float32)), init("z", np.zeros(4, np.int8)),
+             init("w", np.ones((4, 3), np.float32))]
+    source = "w" if rooted_at_constant else "x"
+    nodes = [helper.make_node("QuantizeLinear", [source, "s", "z"], ["q"], axis=0, name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=0, name="dq")]
+    return graph(nodes, [("x", F32, [4, 3])], [("y", F32, [4, 3])], inits)
+
+
+def test_per_channel_qdq_only_on_weights():
+    assert rules_of(_per_channel_dq(rooted_at_constant=True)) == set()
+    violations = [v for v in trt_violations(_per_channel_dq(rooted_at_constant=False))]
+    assert {(v.node, v.rule) for v in violations} == {("q", "per-channel-qdq"), ("dq", "per-channel-qdq")}
+    assert all("NvInfer.h" in v.detail for v in violations)
+
+
+def test_the_header_rules_are_in_the_table_with_their_source():
+    rules = load_matrix().rules
+    assert any("kUINT8" in r and "NvInferRuntimeBase.h" in r for r in rules)
+    assert any("Per-channel" in r and "NvInfer.h" in r for r in rules)
+    assert {"uint8-cast", "per-channel-qdq", "graph-order"} <= set(RULES)
+
+
+def test_a_table_without_the_header_rules_does_not_apply_them(tmp_path):
+    plain = load_matrix(_table(tmp_path, lambda d: d.update(rules=d["rules"][:4])))
+    cast = graph([helper.make_node("Cast", ["x"], ["y"], to=I32, name="cast")], [("x", U8, [4])], [("y", I32, [4])])
+    assert rules_of(cast, matrix=plain) == set() and rules_of(_per_channel_dq(False), matrix=plain) == set()

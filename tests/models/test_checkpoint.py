@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from pfdeploy.errors import PfdeployError
 from pfdeploy.models import create_model, list_models, load_checkpoint
+
+TINY_R50 = {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32}
 
 
 def _same_weights(a, b) -> bool:
@@ -51,11 +56,89 @@ def test_missing_file(tmp_path):
         load_checkpoint(create_model("r50_max"), tmp_path / "nope.pth")
 
 
-def test_random_bytes(tmp_path):
+NOT_READABLE = "is not a readable PyTorch checkpoint (damaged, truncated or another format)"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_bytes(tmp_path, seed):
+    """Seeded: random files (some start like a zip) are one line saying the file is no checkpoint, never
+    the weights-only message (issue 16: 4 % of unseeded draws gave IndexError)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes()
     path = tmp_path / "garbage.pth"
-    path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
-    with pytest.raises(PfdeployError, match="not a readable PyTorch checkpoint|refuses"):
-        load_checkpoint(create_model("r50_max"), path)
+    path.write_bytes(b"PK\x03\x04" + data if seed % 4 == 0 else data)
+    with pytest.raises(PfdeployError, match=re.escape(NOT_READABLE)) as err:
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), path)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_truncated_zip_and_damaged_pickle_say_not_readable(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save(create_model("r50", num_classes=4, **TINY_R50).state_dict(), good)
+    data = good.read_bytes()
+    for size in (10, 100, 3000, len(data) // 2, len(data) - 30):  # OSError, RuntimeError, ... today
+        cut = tmp_path / f"cut{size}.pth"
+        cut.write_bytes(data[:size])
+        with pytest.raises(PfdeployError, match=re.escape(NOT_READABLE)):
+            load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), cut)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    damaged = bytearray(legacy.read_bytes())
+    damaged[2:40] = bytes(range(38))  # the pickle's opcodes, overwritten
+    legacy.write_bytes(bytes(damaged))
+    with pytest.raises(PfdeployError, match=re.escape(NOT_READABLE)) as err:
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), legacy)
+    assert "weights_only" not in str(err.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_fifo_checkpoint_is_refused_not_opened(tmp_path):
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)  # opening it would block until a writer comes
+    with pytest.raises(PfdeployError, match="is a FIFO, not a regular file"):
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), fifo)
+
+
+def _odd_state(change):
+    state = create_model("r50", num_classes=4, **TINY_R50).state_dict()
+    change(state)
+    return state
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.__setitem__(5, torch.zeros(1)), "checkpoint key 5 is a int, not a parameter name"),
+    (lambda s: s.__setitem__(("fc", 1), torch.zeros(1)), "checkpoint key ('fc', 1) is a tuple, not a parameter name"),
+    (lambda s: s.__setitem__("fc.\nbias", torch.zeros(1)), "holds control characters"),  # a 2-line error (fuzz)
+    (lambda s: s.__setitem__("fc.bias", s["fc.bias"].to(torch.float8_e4m3fn)), "fc.bias is float8_e4m3fn"),
+    (lambda s: s.__setitem__("fc.weight", s["fc.weight"].to_sparse()), "fc.weight is a sparse_coo tensor"),
+    (lambda s: s.__setitem__("fc.bias", torch.empty(4, device="meta")), "fc.bias is on the meta device"),
+    (lambda s: s.__setitem__("fc.bias", s["fc.bias"].to(torch.complex64)), "fc.bias is complex64"),
+])
+def test_odd_keys_and_tensor_kinds_are_one_line(tmp_path, change, message):
+    """int/tuple keys gave AttributeError, float8/sparse NotImplementedError, meta RuntimeError (issue 20)."""
+    path = tmp_path / "odd.pth"
+    torch.save(_odd_state(change), path)
+    with pytest.raises(PfdeployError, match=re.escape(message)) as err:
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), path)
+    assert "\n" not in str(err.value)
+
+
+def test_pos_embed_of_a_non_square_grid_is_a_shape_mismatch_not_a_crash(tmp_path):
+    state = create_model("vit_ti_max", img_size=32, patch_size=16, depth=2).state_dict()
+    state["pos_embed"] = torch.zeros(1, 3, 192)  # 3 tokens: no square grid to resize
+    path = tmp_path / "vit.pth"
+    torch.save(state, path)
+    with pytest.raises(PfdeployError, match=r"wrong shape: pos_embed \(1, 3, 192\) vs \(1, 4, 192\)"):
+        load_checkpoint(create_model("vit_ti_max", img_size=32, patch_size=16, depth=2), path)
+
+
+def test_a_real_pickle_with_a_refused_global_keeps_the_weights_only_message(tmp_path):
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _RunsCode(tmp_path / "pwned")}, f, protocol=2)  # plain pickle, not torch.save
+    with pytest.raises(PfdeployError, match=r"weights_only loading refuses \(it names (io\.)?open\)"):
+        load_checkpoint(create_model("r50", num_classes=4, **TINY_R50), path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_wrong_models_keys_name_the_mismatch_and_suggest(tmp_path):
@@ -106,9 +189,6 @@ def test_pos_embed_is_resized_for_another_image_size(tmp_path):
     torch.save(create_model("vit_ti_max").state_dict(), path)
     model = load_checkpoint(create_model("vit_ti_max", img_size=256), path)
     assert model.pos_embed.shape == (1, 256, 192)
-
-
-TINY_R50 = {"layers": (1, 1, 1, 1), "base_width": 8, "img_size": 32}
 
 
 def _saved(tmp_path, change=None, model=None):

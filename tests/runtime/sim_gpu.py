@@ -12,13 +12,27 @@ code depends on them:
 - stream capture: work queued on a capturing stream is recorded; `cudaStreamSynchronize` on it
   fails and invalidates the capture; `cudaStreamEndCapture` of an invalidated capture returns
   `cudaErrorStreamCaptureInvalidated` and no graph;
+- `cudaStreamBeginCapture` fails on a stream already being captured (cudaErrorIllegalState);
+- devices: `cudaSetDevice`/`cudaGetDevice` act per host thread, as CUDA's current device does (a new
+  thread starts on device 0), `cudaGetDeviceCount` says `device_count`;
+- what a captured graph records is what CUDA records: the operations queued on the stream, with their
+  arguments (addresses, launch sizes) as they were at capture; not host code. A kernel node reads device
+  memory, and a memcpy node the host memory, as they are when the graph is replayed;
 - TensorRT: `set_tensor_address` returns False (binding unchanged) for an address that is not 256-byte
-  aligned; `execute_async_v3` returns False when it cannot run; `Runtime.engine_host_code_allowed`
-  (default False) must be set to deserialize a version-compatible plan (`deserialize_cuda_engine`
-  returns None otherwise).
+  aligned; `execute_async_v3` returns False when it cannot run, also when the current device is not the
+  one the engine was deserialized on; `Runtime.engine_host_code_allowed` (default False) must be set to
+  deserialize a version-compatible plan (`deserialize_cuda_engine` returns None otherwise).
+- an execution context keeps the launch parameters of its input shape in memory of its own: on the host
+  (written by `execute_async_v3`, host code that a graph does not record) and on the device (copied there
+  by a memcpy the stream runs, which a graph records). Its kernels are sized for the shape at the time of
+  the call and read the parameters from the device when they run; parameters of another shape make them
+  compute garbage (NaN here). So a graph captured for one shape, replayed after the same context ran
+  another shape, computes garbage, as nothing in TensorRT's documentation rules out for a real engine;
+  one execution context per captured shape stays right.
 
 Failure injection: `SimCudart.fail_alloc_at` (the n-th allocation fails with
 cudaErrorMemoryAllocation), `SimCudart.misalign` (allocations offset by 16 bytes),
+`SimCudart.fail_begin_capture` (cudaStreamBeginCapture fails with cudaErrorStreamCaptureUnsupported),
 `SimTensorRT.fail_enqueue` ("capture": execute_async_v3 returns False during stream capture, without
 queueing work; "always"), `SimTensorRT.invalidate_capture` (execute_async_v3 during capture queues an
 operation that is illegal in capture, which invalidates it).
@@ -35,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import math
+import threading
 
 import numpy as np
 
@@ -77,6 +92,7 @@ else:  # pragma: no cover
         cudaSuccess = 0
         cudaErrorInvalidValue = 1
         cudaErrorMemoryAllocation = 2
+        cudaErrorInvalidDevice = 101
         cudaErrorIllegalState = 401
         cudaErrorStreamCaptureUnsupported = 900
         cudaErrorStreamCaptureInvalidated = 901
@@ -119,11 +135,15 @@ class SimCudart:
     cudaStreamCaptureMode = cudaStreamCaptureMode
     cudaStream_t, cudaGraph_t, cudaGraphExec_t = cudaStream_t, cudaGraph_t, cudaGraphExec_t
 
-    def __init__(self, device: int = 0):
+    def __init__(self, device: int = 0, device_count: int = 1):
         self.host, self.device = {}, {}  # ptr -> (ctypes buffer kept alive here, nbytes)
         self.streams, self.capturing, self.graphs, self.execs = set(), {}, {}, {}
         self.calls: list[str] = []
-        self.current_device = device
+        self.device_count = device_count
+        self._first_device = device  # the creating thread's current device; other threads start on 0
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self.fail_begin_capture = False
         self.last_error = OK
         self.fail_alloc_at: int | None = None  # 1-based index of the allocation that fails
         self.misalign = False
@@ -167,8 +187,40 @@ class SimCudart:
     def cudaPeekAtLastError(self):  # noqa: N802
         return (self.last_error,)
 
+    @property
+    def current_device(self) -> int:
+        """This host thread's current device (CUDA keeps one per thread)."""
+        default = self._first_device if threading.get_ident() == self._owner else 0
+        return getattr(self._local, "device", default)
+
     def cudaGetDevice(self):  # noqa: N802
         return OK, self.current_device
+
+    def cudaSetDevice(self, device):  # noqa: N802
+        if not 0 <= int(device) < self.device_count:
+            return self._fail(cudaError_t.cudaErrorInvalidDevice)
+        self.calls.append(f"cudaSetDevice {int(device)}")
+        self._local.device = int(device)
+        return (OK,)
+
+    def cudaGetDeviceCount(self):  # noqa: N802
+        return OK, self.device_count
+
+    device_names = ["NVIDIA H100 80GB HBM3"]  # per device; set a longer list with device_count
+    compute_capabilities = [(9, 0)]
+
+    def cudaGetDeviceProperties(self, device):  # noqa: N802
+        if not 0 <= int(device) < self.device_count:
+            return self._fail(cudaError_t.cudaErrorInvalidDevice, None)
+        major, minor = self.compute_capabilities[int(device)]
+        return OK, type("cudaDeviceProp", (), {"name": self.device_names[int(device)].encode(), "major": major,
+                                               "minor": minor})()
+
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return OK, 12090
+
+    def cudaDriverGetVersion(self):  # noqa: N802
+        return OK, 12090
 
     # --- memory --------------------------------------------------------------------------------
 
@@ -236,6 +288,8 @@ class SimCudart:
             self.last_error = cudaError_t.cudaErrorStreamCaptureInvalidated
 
     def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
+        if self.fail_begin_capture:
+            return self._fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
         if _key(stream) not in self.streams or _key(stream) in self.capturing:
             return self._fail(cudaError_t.cudaErrorIllegalState)
         self.calls.append("capture")
@@ -324,6 +378,7 @@ class SimTensorRT:
         self.fail_enqueue = "never"  # "never" | "capture" | "always"
         self.invalidate_capture = False
         self.runtimes: list = []
+        self.contexts: list[SimContext] = []  # every execution context made, in order
         sim = self
 
         class Runtime:
@@ -354,6 +409,7 @@ class SimTensorRT:
 class SimEngine:
     def __init__(self, sim: SimTensorRT):
         self.sim, self.num_io_tensors = sim, 2
+        self.device = sim.cudart.current_device  # an engine lives on the device current when it was deserialized
 
     def get_tensor_name(self, index: int) -> str:
         return ("input", "logits")[index]
@@ -369,12 +425,24 @@ class SimEngine:
         return [(1, *shape), (self.sim.max_batch, *shape), (self.sim.max_batch, *shape)]
 
     def create_execution_context(self):
-        return SimContext(self.sim)
+        context = SimContext(self.sim, self.device)
+        self.sim.contexts.append(context)
+        return context
+
+
+PARAMS = 64  # bytes of launch parameters an execution context keeps (the input shape, as int64s)
+
+
+def _shape_bytes(shape) -> bytes:
+    return np.asarray(list(shape) + [0] * (PARAMS // 8 - len(shape)), np.int64).tobytes()
 
 
 class SimContext:
-    def __init__(self, sim: SimTensorRT):
-        self.sim, self.shape, self.addresses = sim, None, {}
+    def __init__(self, sim: SimTensorRT, device: int):
+        self.sim, self.shape, self.addresses, self.device = sim, None, {}, device
+        self.host_params = ctypes.create_string_buffer(PARAMS)  # written by execute_async_v3 (host code)
+        self.device_params = ctypes.create_string_buffer(PARAMS)  # read by the kernels when they run
+        self.captured_shapes: set = set()  # input shapes this context ran while its stream was captured
 
     def set_input_shape(self, name: str, shape) -> bool:
         shape = tuple(int(d) for d in shape)
@@ -402,10 +470,22 @@ class SimContext:
             return False
         if self.shape is None or set(self.addresses) != {"input", "logits"}:
             return False
+        if cudart.current_device != self.device:
+            return False  # the engine's memory and kernels are on another device
         shape, src, dst = self.shape, self.addresses["input"], self.addresses["logits"]
+        if capturing:
+            self.captured_shapes.add(shape)
+        ctypes.memmove(self.host_params, _shape_bytes(shape), PARAMS)  # host code: runs now, never recorded
+        host, device = ctypes.addressof(self.host_params), ctypes.addressof(self.device_params)
 
-        def work():  # reads the bound memory when it runs, as a kernel would
+        def upload():  # a memcpy node: copies what the host parameters hold when it runs
+            ctypes.memmove(device, host, PARAMS)
+
+        def kernel():  # a kernel node sized for `shape`; reads its parameters and the bound memory when it runs
             sim.executions += 1
-            write(dst, sim.logits(read(src, shape, sim.input_dtype)))
+            logits = sim.logits(read(src, shape, sim.input_dtype))
+            if ctypes.string_at(device, PARAMS) != _shape_bytes(shape):
+                logits = np.full_like(logits, np.nan)  # parameters of another shape: garbage
+            write(dst, logits)
 
-        return int(cudart.enqueue(stream_handle, work)[0]) == 0
+        return all(int(cudart.enqueue(stream_handle, work)[0]) == 0 for work in (upload, kernel))

@@ -138,3 +138,51 @@ def test_a_first_plot_prints_nothing_of_matplotlib(tmp_path):
     assert any(config.glob("fontlist*.json"))  # the font cache was built in this run
     assert (run.stdout, run.stderr) == ("", "")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- batch bounds before any work (issue 19, item 7) ------------------------------------------------------
+
+
+def test_a_batch_over_what_any_artifact_declares_is_refused_before_anything_opens(tmp_path, capsys):
+    """A dynamic batch is declared as 1..MAX_BATCH (4096): 5000 is refused before a target is even opened
+    (the target here does not exist, so opening it first would give another error)."""
+    missing = str(tmp_path / "never-opened.onnx")
+    with pytest.raises(PfdeployError, match="5000 is over .*4096"):
+        benchmark([missing], batches=(1, 5000), seconds=0.05)
+    assert main(["bench", missing, "--batch", "1,5000"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch 5000 is over" in err[0]
+
+
+def test_per_image_memory_of_an_onnx_graph_counts_its_activations(tmp_path):
+    """conv_classifier: input 3x8x8, Conv -> 4x8x8, Relu 4x8x8 in and out (the largest node: 2 x 1024 bytes)."""
+    from tiny_graphs import conv_classifier
+
+    from pfdeploy.runtime.bench import onnx_bytes_per_image
+
+    assert onnx_bytes_per_image(conv_classifier(tmp_path / "m.onnx")) == 2 * 4 * 8 * 8 * 4
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_timing(tmp_path, monkeypatch):
+    from tiny_graphs import conv_classifier
+
+    from pfdeploy.runtime import bench
+
+    path = conv_classifier(tmp_path / "m.onnx")
+    timed = []
+    monkeypatch.setattr(bench, "benchmark_batch", lambda *a, **k: timed.append(a) or [])
+    monkeypatch.setattr(bench, "available_memory", lambda: 4096 * 2048 - 1)  # one byte short for batch 4096
+    with pytest.raises(PfdeployError, match=r"batch 4096 needs at least 8\.4 MB .*available"):
+        benchmark([str(path)], batches=(1, 4096), seconds=0.05)
+    assert timed == []  # refused before batch 1 was timed
+    monkeypatch.setattr(bench, "available_memory", lambda: 4096 * 2048)
+    benchmark([str(path)], batches=(1, 4096), seconds=0.05)
+    assert [a[1] for a in timed] == [1, 4096]
+
+
+def test_model_activations_are_estimated_without_weights():
+    from pfdeploy.runtime.bench import model_bytes_per_image
+
+    tiny = model_bytes_per_image("r50_hybrid", {"layers": [1, 1, 1, 1], "base_width": 8, "img_size": 32})
+    full = model_bytes_per_image("r50_hybrid")
+    assert 0 < tiny < full and full >= 2 * 256 * 56 * 56 * 4  # a 256x56x56 stage-1 block, in and out

@@ -202,3 +202,40 @@ def test_real_capture_failure_is_recovered_on_the_gpu():
     finally:
         buf.free()
         stream.free()
+
+
+def test_a_capture_that_cannot_begin_is_a_graph_capture_error(sim):
+    """cudaStreamBeginCapture failing (here: the stream is already being captured) raises the error class
+    callers fall back on (GraphCaptureError), with the runtime's error cleared; the other capture goes on."""
+    from pfdeploy.runtime.cuda_memory import CudaGraph, GraphCaptureError, Stream
+
+    stream = Stream()
+    assert int(sim.cudaStreamBeginCapture(stream.handle, sim.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)[0]) == 0
+    with pytest.raises(GraphCaptureError, match="cudaStreamBeginCapture"):
+        CudaGraph(stream, lambda: None)
+    assert int(sim.cudaPeekAtLastError()[0]) == 0 and stream.handle is not None
+    status, graph = sim.cudaStreamEndCapture(stream.handle)  # the first capture was left alone
+    assert int(status) == 0
+    sim.cudaGraphDestroy(graph)
+    stream.free()
+    assert sim.leaks() == 0
+
+
+def test_every_cuda_python_pin_has_cuda_bindings():
+    """cuda-python 12.6.0 has no `cuda.bindings` (12.6.1 and 12.6.2 are yanked; 12.6.2.post1 is the first
+    12.x release with it): no CUDA 12 extra may admit it, and the install hint says the same."""
+    from pathlib import Path
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    pins = {extra: Requirement(r).specifier for extra, reqs in project["optional-dependencies"].items()
+            for r in reqs if Requirement(r).name == "cuda-python"}
+    assert {"tensorrt-cu12", "cuda", "dev", "tensorrt-cu13"} <= set(pins)
+    for extra in ("tensorrt-cu12", "cuda", "dev"):
+        spec = pins[extra]
+        assert not spec.contains("12.6.0") and not spec.contains("12.5.0"), extra
+        assert spec.contains("12.6.2.post1") and spec.contains("12.9.10") and not spec.contains("13.0.0"), extra
+    assert not pins["tensorrt-cu13"].contains("12.9.10") and pins["tensorrt-cu13"].contains("13.0.0")
+    assert "12.6.2.post1" in cuda_memory.CUDA_PYTHON_HINT

@@ -131,8 +131,9 @@ def test_real_version_compatible_engine_takes_a_misaligned_cuda_view(cheap_onnx,
 
 @pytest.fixture
 def sim_engine(monkeypatch, tmp_path):
-    """make(plan=b"SIMPLAN", version_compatible=False, io_dtype=None, **SimTensorRT kwargs) ->
-    (plan path, SimCudart, SimTensorRT): a plan + manifest run by the simulated runtime."""
+    """make(plan=b"SIMPLAN", version_compatible=False, io_dtype=None, built_on=None, **SimTensorRT kwargs)
+    -> (plan path, SimCudart, SimTensorRT): a plan + manifest (built in environment `built_on`, default an H100)
+    run by the simulated runtime."""
     from sim_gpu import SimCudart, SimTensorRT
 
     import pfdeploy.engines.environment as environment
@@ -143,14 +144,14 @@ def sim_engine(monkeypatch, tmp_path):
     monkeypatch.setattr(cuda_memory, "cudart", lambda: cudart)
     monkeypatch.setattr(environment, "current_environment", lambda device=0: env)
 
-    def make(plan_bytes=b"SIMPLAN", version_compatible=False, io_dtype=None, **kwargs):
+    def make(plan_bytes=b"SIMPLAN", version_compatible=False, io_dtype=None, built_on=None, **kwargs):
         trt = SimTensorRT(cudart, image_shape=(3, 8, 8), classes=5, max_batch=8, **kwargs)
         monkeypatch.setattr(environment, "require_tensorrt", lambda: trt)
         plan = tmp_path / "sim.plan"
         plan.write_bytes(plan_bytes)
         data = manifest(plan_sha=sha256_file(plan))
         data["profile"] = {"input": {"min": [1, 3, 8, 8], "opt": [8, 3, 8, 8], "max": [8, 3, 8, 8]}}
-        data["environment"] = env
+        data["environment"] = built_on or env
         data["build"] = {"version_compatible": version_compatible, "hardware_compat": "none"}
         if io_dtype is not None:
             data["io"] = {"inputs": [{"name": "input", "dtype": io_dtype, "shape": [-1, 3, 8, 8]}],
@@ -366,3 +367,102 @@ def test_report_says_what_an_engine_was_checked_against():
     assert "against PyTorch:" not in text
     graph = {**engine, "file": "m.int8.onnx", "format": "onnx"}
     assert "Verification against PyTorch:" in "\n".join(_artifact_section(graph))
+
+
+# --- CUDA graphs of several shapes, devices, capture that cannot begin (issue 19, items 12, 13, 16) --------
+
+
+def test_each_captured_batch_size_replays_on_an_execution_context_of_its_own(sim_engine):
+    """A graph captured for batch 4 and replayed after batch 8 ran: with one context for both, the replay
+    reads batch 8's launch parameters (tests/runtime/sim_gpu.py) and computes garbage."""
+    plan, cudart, trt = sim_engine()
+    with load(plan, cuda_graph=True) as session:
+        for step, batch in enumerate((4, 8, 4, 8, 2, 4, 2)):
+            x = session.input_spec.example(batch, seed=step)
+            out = session(x)
+            assert np.isfinite(out).all(), (step, batch)
+            np.testing.assert_allclose(out, trt.logits(x), rtol=1e-5, atol=1e-5)
+        captured = [c for c in trt.contexts if c.captured_shapes]
+        assert sorted(next(iter(c.captured_shapes))[0] for c in captured) == [2, 4, 8]
+        assert all(len(c.captured_shapes) == 1 for c in captured)  # one shape per captured context
+        assert cudart.calls.count("capture") == 3 and cudart.calls.count("graph launch") == 7  # every call
+    assert cudart.leaks() == 0
+
+
+def test_batch_sizes_past_the_graph_limit_run_with_plain_enqueue(sim_engine, monkeypatch):
+    from pfdeploy.runtime import tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "MAX_GRAPH_SHAPES", 2)
+    plan, cudart, trt = sim_engine()
+    with load(plan, cuda_graph=True) as session:
+        for batch in (1, 2, 3, 3, 1):
+            x = session.input_spec.example(batch, seed=batch)
+            np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+    assert cudart.calls.count("capture") == 2 and len(trt.contexts) == 3  # the session's own + one per graph
+    assert cudart.leaks() == 0
+
+
+def test_a_capture_that_cannot_begin_falls_back_to_plain_enqueue(sim_engine, caplog):
+    plan, cudart, trt = sim_engine()
+    cudart.fail_begin_capture = True  # cudaStreamBeginCapture fails (cudaErrorStreamCaptureUnsupported)
+    with caplog.at_level("WARNING", logger="pfdeploy.runtime.tensorrt_backend"), load(plan, cuda_graph=True) as s:
+        for batch in (2, 2, 3):
+            x = s.input_spec.example(batch, seed=batch)
+            np.testing.assert_allclose(s(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+    assert "graph launch" not in cudart.calls and int(cudart.cudaPeekAtLastError()[0]) == 0
+    assert len([r for r in caplog.records if "plain enqueue" in r.getMessage()]) == 1
+    assert cudart.leaks() == 0
+
+
+H100 = {"tensorrt_version": "10.9.0", "compute_capability": "9.0", "gpu_name": "NVIDIA H100"}
+A100 = {"tensorrt_version": "10.9.0", "compute_capability": "8.0", "gpu_name": "NVIDIA A100"}
+
+
+@pytest.fixture
+def two_gpus(sim_engine, monkeypatch):
+    """An engine built on an A100 (device 1) of a machine whose device 0 is an H100."""
+    import pfdeploy.engines.environment as environment
+
+    plan, cudart, trt = sim_engine(built_on=A100)
+    cudart.device_count = 2
+    monkeypatch.setattr(environment, "current_environment", lambda device=0: (H100, A100)[device])
+    return plan, cudart, trt
+
+
+def test_loadability_is_checked_on_the_device_the_engine_runs_on(two_gpus):
+    plan, cudart, trt = two_gpus
+    with pytest.raises(PfdeployError, match="compute capability 8.0 .* has 9.0"):
+        load(plan)  # this thread's device is 0, the H100: the A100 engine cannot run there
+    cudart.cudaSetDevice(1)
+    with load(plan) as session:  # the engine deserializes on device 1, and is checked against device 1
+        x = session.input_spec.example(2)
+        np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+    cudart.cudaSetDevice(0)
+    with load(plan, device="cuda:1") as session:
+        assert trt.contexts[-1].device == 1
+        assert cudart.current_device == 0  # opening an engine on GPU 1 leaves the caller on its own GPU
+        np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+        session.device_fn(x)()
+        assert cudart.current_device == 0  # and so does every call
+    assert cudart.current_device == 0
+    with pytest.raises(MissingDependencyError, match="no CUDA device 2: 2 visible"):
+        load(plan, device="cuda:2")
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_calls_from_another_thread_or_device_run_on_the_engine_s_device(two_gpus, cuda_graph):
+    import threading
+
+    plan, cudart, trt = two_gpus
+    cudart.cudaSetDevice(1)
+    session = load(plan, cuda_graph=cuda_graph)
+    cudart.cudaSetDevice(0)  # the caller moved on to another GPU
+    x = session.input_spec.example(3, seed=1)
+    np.testing.assert_allclose(session(x), trt.logits(x), rtol=1e-5, atol=1e-5)
+    results = {}
+    worker = threading.Thread(target=lambda: results.update(out=session(x), run=session.device_fn(x)()))
+    worker.start()  # a new thread starts on device 0
+    worker.join()
+    np.testing.assert_allclose(results["out"], trt.logits(x), rtol=1e-5, atol=1e-5)
+    session.close()
+    assert cudart.leaks() == 0

@@ -183,3 +183,14 @@ def test_verify_runs_the_file_as_written(cheap_exports, monkeypatch):
     with load(path):  # the runtime's CPU session does fuse this graph, so the check above can fail
         pass
     assert fused == [sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)] and fused[0] > 0
+
+
+@pytest.mark.parametrize("argv, message", [(["--samples", "100000000"], "--samples must be an integer in 1..4096"),
+                                           (["--batch", "100000000"], "--batch must be an integer in 1..4096"),
+                                           (["--samples", "0"], "--samples must be an integer in 1..4096")])
+def test_verify_counts_are_bounded_before_any_image_is_made(cheap_exports, capsys, argv, message):
+    """`--samples 100000000` tried to allocate 17.9 GiB of images (issue 20)."""
+    path, _ = cheap_exports("r50")
+    assert main(["verify", str(path), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err

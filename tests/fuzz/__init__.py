@@ -1,0 +1,1 @@
+"""Fuzz tests of every file and value pfdeploy reads (see harness.py)."""
