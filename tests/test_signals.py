@@ -77,7 +77,10 @@ def test_openvino_worker_threads_never_take_sigint_or_sigterm(tmp_path):
 
 
 HOLD_INFERENCE = """
-import os, sys
+import os, signal, sys
+# Ctrl-C as a terminal delivers it: a test run started in the background without job control inherits SIGINT
+# ignored (POSIX shells do that for `cmd &`), and Python then installs no KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pfdeploy.runtime import openvino_backend
 
 real_run = openvino_backend.OpenVinoSession._run
