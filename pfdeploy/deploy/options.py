@@ -84,6 +84,8 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise PfdeployError(f"--override {pair[:80]!r}: write KEY=VALUE, e.g. --override base_width=16")
+        if not key.isidentifier():  # also keeps the messages below on one line
+            raise PfdeployError(f"--override {key[:40]!r}=...: KEY must be a model argument name such as base_width")
         if key == "num_classes":
             raise PfdeployError("--override num_classes=...: give the classifier size with --num-classes N")
         if len(value) > MAX_JSON_BYTES:

@@ -138,6 +138,13 @@ def check_overrides(pairs: list[str]) -> None:
 test_fuzz_override, test_fuzz_override_long = fuzz_tests("override", override_options(), check_overrides)
 
 
+def test_an_override_key_with_a_newline_is_one_line():
+    """Found by the 10,000-input run: a key holding a newline was echoed into a two-line error."""
+    check_overrides(["0\n0=" + "[" * 70 + "]" * 70])
+    with pytest.raises(PfdeployError, match="KEY must be a model argument name"):
+        parse_overrides(["base\nwidth=8"])
+
+
 def check_preprocess_option(text: bytes) -> None:
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
