@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx import TensorProto
 
+from pfdeploy._onnxgraph import graphs_of
 from pfdeploy.errors import PfdeployError
 from pfdeploy.limits import require_regular_file
 
@@ -179,20 +180,8 @@ def _elem_types(type_proto: onnx.TypeProto):
         yield from _elem_types(type_proto.map_type.value_type)
 
 
-def _graphs(graph: onnx.GraphProto):
-    """`graph` and every subgraph of its nodes' attributes (If, Loop, Scan), depth first."""
-    stack = [graph]
-    while stack:
-        current = stack.pop()
-        yield current
-        for node in current.node:
-            for attr in node.attribute:
-                stack.extend([attr.g] if attr.HasField("g") else [])
-                stack.extend(attr.graphs)
-
-
 def _types_problem(model: onnx.ModelProto) -> str | None:
-    for graph in _graphs(model.graph):
+    for graph in graphs_of(model.graph):
         for value in (*graph.input, *graph.output, *graph.value_info):
             if any(t and t not in _KNOWN_TYPES for t in _elem_types(value.type)):
                 return f"value {value.name[:80]!r} has an element type ONNX does not define"

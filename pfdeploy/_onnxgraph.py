@@ -37,6 +37,18 @@ def tensor_of(value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, dims, dtype)
 
 
+def graphs_of(graph: onnx.GraphProto):
+    """`graph` and every subgraph of its nodes' attributes (If, Loop, Scan bodies, nested ones too), depth first."""
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        yield current
+        for node in current.node:
+            for attr in node.attribute:
+                stack.extend([attr.g] if attr.HasField("g") else [])
+                stack.extend(attr.graphs)
+
+
 def graph_inputs(model: onnx.ModelProto) -> tuple[GraphTensor, ...]:
     """The graph's real inputs (initializers listed as inputs, as old exporters wrote them, left out)."""
     initializers = {init.name for init in model.graph.initializer}

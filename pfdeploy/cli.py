@@ -244,9 +244,7 @@ def _print_int8_extras(out, analyzed: bool) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     if "pfdeploy.int8_budget" in meta:
-        data = json.loads(meta["pfdeploy.int8_budget"])
-        data.pop("drop", None)
-        print(budget_summary(BudgetResult(**data)))
+        print(budget_summary(BudgetResult.from_json(meta["pfdeploy.int8_budget"])))
     if analyzed:
         json_path, png_path = sensitivity_paths(out)
         report = read_json_file(json_path, "sensitivity analysis", "run `pfdeploy quantize --analyze` again")

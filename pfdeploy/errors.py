@@ -15,3 +15,9 @@ class MissingDependencyError(PfdeployError):
     """An optional library (TensorRT, cuda-python, matplotlib, ...) or a GPU is not available."""
 
     exit_code = 2
+
+
+def shown(value) -> str:
+    """`value` as a message shows it: its repr, cut to 60 characters (a hostile value can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -8,6 +8,7 @@ classification network or a deployment needs, and well below what would hurt the
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import stat
 from pathlib import Path
@@ -46,6 +47,11 @@ MAX_MODEL_BYTES = 8 * 2**30
 MAX_ARRAY_BYTES = 4 * 2**30
 #: Size of a TensorRT timing cache file (they hold a few MB of tactic timings).
 MAX_TIMING_CACHE_BYTES = 2**30
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (JSON `true` is no size, count or width)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def json_depth(obj: Any) -> int:
@@ -104,30 +110,28 @@ def require_regular_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     return path
 
 
-def read_json_file(path: str | os.PathLike, what: str, fix: str) -> Any:
-    """Read and parse the JSON file `path` (a regular file within the limits above) or raise one line."""
+def read_bytes_within(path: str | os.PathLike, what: str, fix: str, limit: int, limit_name: str = "limit") -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes ("over pfdeploy's `limit_name` of ..."), or
+    one PfdeployError line (a FIFO or device is refused before it is opened)."""
     path = require_regular_file(path, what, fix)
     try:
         size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise PfdeployError(f"{what} {path} is {size} bytes, over pfdeploy's JSON limit of {MAX_JSON_BYTES}; "
-                                f"{fix}")
-        data = path.read_bytes()
+        if size > limit:
+            raise PfdeployError(f"{what} {path} is {size} bytes, over pfdeploy's {limit_name} of {limit}; {fix}")
+        return path.read_bytes()
     except OSError as exc:
         raise PfdeployError(f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}") from None
+
+
+def read_json_file(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """Read and parse the JSON file `path` (a regular file within the limits above) or raise one line."""
+    data = read_bytes_within(path, what, fix, MAX_JSON_BYTES, "JSON limit")
     return json_from_text(data, f"{what} {path}", fix)
 
 
 def read_text_file(path: str | os.PathLike, what: str, fix: str) -> str:
     """The UTF-8 text of `path` (a regular file of at most MAX_TEXT_BYTES) or one PfdeployError line."""
-    path = require_regular_file(path, what, fix)
-    try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise PfdeployError(f"{what} {path} is {size} bytes, over pfdeploy's limit of {MAX_TEXT_BYTES}; {fix}")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PfdeployError(f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}") from None
+    data = read_bytes_within(path, what, fix, MAX_TEXT_BYTES)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

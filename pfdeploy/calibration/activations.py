@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-PROTOBUF_LIMIT = 2**31 - 1
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest message protobuf serializes
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:

@@ -14,6 +14,7 @@ met only with no activation left in INT8, or not at all, it is refused in one li
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -53,6 +54,13 @@ class BudgetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "drop": round(self.drop, 4)}
+
+    @classmethod
+    def from_json(cls, text: str) -> BudgetResult:
+        """The result recorded in an INT8 graph's `pfdeploy.int8_budget` metadata (`to_dict` as JSON)."""
+        data = json.loads(text)
+        data.pop("drop", None)  # derived
+        return cls(**data)
 
 
 def _value(score: dict[str, float | None], metric: str) -> float:

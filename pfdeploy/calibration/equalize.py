@@ -32,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from pfdeploy._onnxgraph import consumers as users_of
+from pfdeploy._onnxgraph import graphs_of
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name read inside a subgraph (If/Loop/Scan bodies, nested ones too): such a read sees the
     rescaled tensor without a reader that compensates, so the scale must not reach it."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-            for sub in subgraphs:
-                for inner in sub.node:
-                    names.update(inner.input)
-                names |= _subgraph_reads(sub)
-    return names
+    return {name for sub in graphs_of(graph) if sub is not graph for node in sub.node for name in node.input}
 
 
 class _Graph:

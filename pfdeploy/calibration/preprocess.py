@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pfdeploy.errors import PfdeployError
+from pfdeploy.errors import PfdeployError, shown
 from pfdeploy.limits import MAX_IMG_SIZE
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -34,7 +34,7 @@ def _is_number(value: Any) -> bool:
 
 def _channels_problem(name: str, values: Any) -> str | None:
     if not isinstance(values, (tuple, list)) or len(values) != 3 or not all(map(_is_number, values)):
-        return f"{name} must be three finite numbers, one per RGB channel, got {_shown(values)}"
+        return f"{name} must be three finite numbers, one per RGB channel, got {shown(values)}"
     if name == "std" and any(v <= 0 for v in values):
         return f"std must be positive (normalization divides by it), got {list(values)}"
     return None
@@ -43,20 +43,16 @@ def _channels_problem(name: str, values: Any) -> str | None:
 def preprocess_problem(pre: Preprocess) -> str | None:
     """What is wrong with `pre` (None if nothing): the key, the value and what it must be."""
     if not isinstance(pre.size, numbers.Integral) or isinstance(pre.size, bool) or not 1 <= pre.size <= MAX_IMG_SIZE:
-        return f"size must be an integer >= 1 and <= {MAX_IMG_SIZE} (the model's input size), got {_shown(pre.size)}"
+        return f"size must be an integer >= 1 and <= {MAX_IMG_SIZE} (the model's input size), got {shown(pre.size)}"
     if not _is_number(pre.crop_pct) or not 0 < pre.crop_pct <= 1:
-        return f"crop_pct must be in (0, 1] (0.875: ImageNet's center crop, 1.0: no crop), got {_shown(pre.crop_pct)}"
+        return f"crop_pct must be in (0, 1] (0.875: ImageNet's center crop, 1.0: no crop), got {shown(pre.crop_pct)}"
     if pre.size / pre.crop_pct > MAX_IMG_SIZE:
         return (f"size / crop_pct (the resize before the crop) must be at most {MAX_IMG_SIZE}, got "
                 f"{pre.size / pre.crop_pct:g}")
     if not isinstance(pre.interpolation, str) or pre.interpolation not in RESAMPLE:
-        return f"interpolation must be one of {', '.join(sorted(RESAMPLE))}, got {_shown(pre.interpolation)}"
+        return f"interpolation must be one of {', '.join(sorted(RESAMPLE))}, got {shown(pre.interpolation)}"
     return _channels_problem("mean", pre.mean) or _channels_problem("std", pre.std)
 
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from pfdeploy._io import (
 )
 from pfdeploy._onnxfile import load_onnx
 from pfdeploy._onnxgraph import graph_inputs
+from pfdeploy.calibration.activations import PROTOBUF_LIMIT
 from pfdeploy.calibration.preprocess import Preprocess, normalize_uint8, preprocess_from_metadata
 from pfdeploy.choices import CALIB_METHODS, INT8_TARGETS
 from pfdeploy.errors import PfdeployError
@@ -753,11 +754,14 @@ def _remove_old_analysis(output: Path) -> None:
     """Remove the sensitivity JSON and plot of an earlier INT8 graph `output`: only a JSON pfdeploy wrote for a
     graph of that name (its schema and `int8_file`), and the plot beside it; anything else stays."""
     from pfdeploy.calibration.sensitivity import SCHEMA
+    from pfdeploy.limits import read_json_file
 
     json_path, png_path = sensitivity_paths(output)
+    if not json_path.exists():
+        return
     try:
-        old = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        old = read_json_file(json_path, "sensitivity analysis", "it is left in place")
+    except PfdeployError:  # not pfdeploy's (a FIFO, a folder, not JSON): leave it
         return
     if not (isinstance(old, dict) and old.get("schema") == SCHEMA and old.get("int8_file") == output.name):
         return
@@ -780,9 +784,6 @@ def _write_analysis(analysis: dict[str, Any], output: Path) -> None:
     except MissingDependencyError as exc:
         log.info("no sensitivity plot: %s", exc)
     log.info("sensitivity analysis in %s", json_path)
-
-
-PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest message protobuf serializes
 
 
 def _save(model: onnx.ModelProto, output: Path, limit: int = PROTOBUF_LIMIT) -> None:

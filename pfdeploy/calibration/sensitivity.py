@@ -230,26 +230,15 @@ def rank_value(row: dict[str, Any]) -> float:
     return min(values) if values else float("inf")
 
 
-def _rank_key(row: dict[str, Any]) -> float:
-    return rank_value(row)
-
-
-def in_batches(inputs: np.ndarray, fixed_batch: int | None, size: int = EVAL_BATCH) -> list[np.ndarray]:
-    """`inputs` in batches of `size`, or of the graph's fixed batch (the last one filled up from the start)."""
-    from pfdeploy.calibration.quantize import calibration_batches
-
-    if fixed_batch is None:
-        return [inputs[i:i + size] for i in range(0, len(inputs), size)]
-    return calibration_batches(inputs, fixed_batch)
-
-
 def logits_of(path: Path, inputs: np.ndarray, batch: int | None = None) -> np.ndarray:
     """Logits of an ONNX graph under ONNX Runtime CPU (pfdeploy's session options)."""
+    from pfdeploy.calibration.activations import padded_batches
     from pfdeploy.runtime.ort_options import ort_session_from_onnx
 
     session = ort_session_from_onnx(str(path))
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: b})[0] for b in in_batches(inputs, batch)])[:len(inputs)]
+    batches, _ = padded_batches(inputs, batch, EVAL_BATCH)
+    return np.concatenate([session.run(None, {name: b})[0] for b in batches])[:len(inputs)]
 
 
 def scores(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, float | None]:
@@ -318,7 +307,7 @@ def analyze(job, images: Eval, exclude: Sequence[str] = (), worst: int = WORST,
     tensors = quantized_tensors(qdq, job.ops)
     rows = tensor_errors(job.pre_path if job.pre_path.exists() else job.fp32_path, qdq, tensors, job.input_name,
                          images.inputs[:ERROR_IMAGES], job.source_fixed_batch, job.folder)
-    rows.sort(key=_rank_key)
+    rows.sort(key=rank_value)
     baseline = baseline or judge.score(exclude)
     for rank, row in enumerate(rows):
         row["rank"] = rank + 1

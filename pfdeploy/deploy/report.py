@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -189,9 +188,8 @@ def _int8_budget_lines(report: dict[str, Any]) -> list[str]:
         if artifact["precision"] != "int8" or artifact["format"] != "onnx" or artifact.get("backend") != "onnxruntime":
             continue
         try:
-            data = json.loads(read_metadata(Path(report["options"]["out"]) / artifact["file"])["pfdeploy.int8_budget"])
-            data.pop("drop", None)
-            lines.append(f"{artifact['file']}: {budget_summary(BudgetResult(**data))}.")
+            text = read_metadata(Path(report["options"]["out"]) / artifact["file"])["pfdeploy.int8_budget"]
+            lines.append(f"{artifact['file']}: {budget_summary(BudgetResult.from_json(text))}.")
         except (PfdeployError, KeyError, TypeError, ValueError) as exc:
             log.warning("%s: no budget record (%s)", artifact["file"], exc)
     return lines

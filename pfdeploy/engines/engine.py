@@ -99,7 +99,7 @@ def read_timing_cache(path: Path | None) -> bytes | None:
     Anything there that is not a regular file (a FIFO would block the read, a device would be replaced by
     the cache written after the build), a file over MAX_TIMING_CACHE_BYTES, or one that cannot be read is
     one PfdeployError line. The bytes themselves are TensorRT's to judge (use_timing_cache)."""
-    from pfdeploy.limits import MAX_TIMING_CACHE_BYTES, require_regular_file
+    from pfdeploy.limits import MAX_TIMING_CACHE_BYTES, read_bytes_within
 
     if path is None:
         return None
@@ -107,16 +107,8 @@ def read_timing_cache(path: Path | None) -> bytes | None:
         raise PfdeployError(f"--timing-cache {path} is a directory; give a file path, e.g. {path}/trt.cache")
     if not (path.exists() or path.is_symlink()):
         return b""
-    fix = "give the path of a timing cache file (or a new one)"
-    require_regular_file(path, "--timing-cache", fix)
-    try:
-        size = path.stat().st_size
-        if size > MAX_TIMING_CACHE_BYTES:
-            raise PfdeployError(f"--timing-cache {path} is {size} bytes, over pfdeploy's limit of "
-                                f"{MAX_TIMING_CACHE_BYTES}; {fix}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise PfdeployError(f"--timing-cache {path} cannot be read ({exc.strerror or exc}); {fix}") from None
+    return read_bytes_within(path, "--timing-cache", "give the path of a timing cache file (or a new one)",
+                             MAX_TIMING_CACHE_BYTES)
 
 
 def save_engine(request: BuildRequest, environment: dict, built, build_seconds: float) -> BuildResult:

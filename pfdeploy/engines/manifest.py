@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pfdeploy import __version__
 from pfdeploy._io import sha256_bytes, sha256_file, write_json_atomic
-from pfdeploy.errors import PfdeployError
+from pfdeploy.errors import PfdeployError, shown
+from pfdeploy.limits import is_int
 
 FORMAT = "pfdeploy-engine-manifest"
 MANIFEST_VERSION = 1
@@ -110,7 +111,7 @@ def read_manifest(plan_path: str | os.PathLike) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PfdeployError(f"{path} is not a pfdeploy engine manifest; rebuild the engine with --force")
     version = data.get("manifest_version", 0)
-    if not _is_int(version) or version > MANIFEST_VERSION:
+    if not is_int(version) or version > MANIFEST_VERSION:
         raise PfdeployError(
             f"{path} was written by a newer pfdeploy (manifest v{str(version)[:20]}, this pfdeploy reads "
             f"v{MANIFEST_VERSION}); upgrade pfdeploy, or rebuild over it with --force"
@@ -122,33 +123,25 @@ def read_manifest(plan_path: str | os.PathLike) -> dict:
     return data
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 def _dims_problem(field: str, dims, low: int) -> str | None:
-    if not isinstance(dims, list) or not all(_is_int(d) and (d >= low or d == -1 and low < 1) for d in dims):
+    if not isinstance(dims, list) or not all(is_int(d) and (d >= low or d == -1 and low < 1) for d in dims):
         kind = "positive integers" if low >= 1 else "positive integers or -1 (dynamic)"
-        return f"{field} must be a list of {kind}, got {_shown(dims)}"
+        return f"{field} must be a list of {kind}, got {shown(dims)}"
     return None
 
 
 def _tensors_problem(field: str, tensors) -> str | None:
     if not isinstance(tensors, list):
-        return f"{field} must be a list of tensors, got {_shown(tensors)}"
+        return f"{field} must be a list of tensors, got {shown(tensors)}"
     for index, tensor in enumerate(tensors):
         where = f"{field}[{index}]"
         if not isinstance(tensor, dict):
-            return f"{where} must be an object with name, dtype and shape, got {_shown(tensor)}"
+            return f"{where} must be an object with name, dtype and shape, got {shown(tensor)}"
         if not isinstance(tensor.get("name"), str) or not tensor["name"]:
-            return f"{where}.name must be a non-empty string, got {_shown(tensor.get('name'))}"
+            return f"{where}.name must be a non-empty string, got {shown(tensor.get('name'))}"
         if not isinstance(tensor.get("dtype"), str):
-            return f"{where}.dtype must be a string, got {_shown(tensor.get('dtype'))}"
+            return f"{where}.dtype must be a string, got {shown(tensor.get('dtype'))}"
         problem = _dims_problem(f"{where}.shape", tensor.get("shape"), 0)
         if problem:
             return problem
@@ -157,10 +150,10 @@ def _tensors_problem(field: str, tensors) -> str | None:
 
 def _strings_problem(field: str, value, optional: tuple[str, ...] = ()) -> str | None:
     if not isinstance(value, dict):
-        return f"{field} must be an object, got {_shown(value)}"
+        return f"{field} must be an object, got {shown(value)}"
     for key in optional:
         if value.get(key) is not None and not isinstance(value[key], str):
-            return f"{field}.{key} must be a string, got {_shown(value[key])}"
+            return f"{field}.{key} must be a string, got {shown(value[key])}"
     return None
 
 
@@ -175,26 +168,26 @@ def manifest_problem(data: dict) -> str | None:
     problem = _strings_problem("plan", plan, ("file", "sha256"))
     if problem:
         return problem
-    if plan.get("bytes") is not None and (not _is_int(plan["bytes"]) or plan["bytes"] < 0):
-        return f"plan.bytes must be a non-negative integer, got {_shown(plan['bytes'])}"
+    if plan.get("bytes") is not None and (not is_int(plan["bytes"]) or plan["bytes"] < 0):
+        return f"plan.bytes must be a non-negative integer, got {shown(plan['bytes'])}"
     onnx = data.get("onnx") or {}
     problem = _strings_problem("onnx", onnx, ("file", "sha256"))
     if problem:
         return problem
     meta = onnx.get("metadata") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        return f"onnx.metadata must be an object of strings, got {_shown(meta)}"
+        return f"onnx.metadata must be an object of strings, got {shown(meta)}"
     batch = data.get("batch")
-    if not isinstance(batch, dict) or not all(_is_int(batch.get(k)) for k in ("min", "opt", "max")) or not \
+    if not isinstance(batch, dict) or not all(is_int(batch.get(k)) for k in ("min", "opt", "max")) or not \
             1 <= batch["min"] <= batch["opt"] <= batch["max"] <= MAX_BATCH:
         return (f"batch must be {{min, opt, max}} integers with 1 <= min <= opt <= max <= {MAX_BATCH}, got "
-                f"{_shown(batch)}")
+                f"{shown(batch)}")
     profile = data.get("profile")
     if not isinstance(profile, dict) or not profile:
-        return f"profile must be an object of input shapes, got {_shown(profile)}"
+        return f"profile must be an object of input shapes, got {shown(profile)}"
     for name, shapes in profile.items():
         if not isinstance(shapes, dict):
-            return f"profile[{name[:40]!r}] must be an object with min, opt and max shapes, got {_shown(shapes)}"
+            return f"profile[{name[:40]!r}] must be an object with min, opt and max shapes, got {shown(shapes)}"
         for key in ("min", "opt", "max"):
             problem = _dims_problem(f"profile[{name[:40]!r}].{key}", shapes.get(key), 1)
             if problem:
@@ -204,23 +197,23 @@ def manifest_problem(data: dict) -> str | None:
     io = data.get("io")
     if io is not None:
         if not isinstance(io, dict):
-            return f"io must be an object with inputs and outputs, got {_shown(io)}"
+            return f"io must be an object with inputs and outputs, got {shown(io)}"
         for key in ("inputs", "outputs"):
             problem = _tensors_problem(f"io.{key}", io.get(key, []))
             if problem:
                 return problem
     if data.get("input_format") is not None and data["input_format"] not in INPUT_FORMATS:
-        return f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {_shown(data['input_format'])}"
+        return f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {shown(data['input_format'])}"
     for key in ("model", "precision", "reuse_key", "checkpoint_sha256", "layer_info"):
         if data.get(key) is not None and not isinstance(data[key], str):
-            return f"{key} must be a string, got {_shown(data[key])}"
+            return f"{key} must be a string, got {shown(data[key])}"
     if data.get("layer_info") is not None and Path(data["layer_info"]).name != data["layer_info"]:
-        return f"layer_info must be a file name beside the plan, got {_shown(data['layer_info'])}"
+        return f"layer_info must be a file name beside the plan, got {shown(data['layer_info'])}"
     for key in ("environment", "build"):
         section = data.get(key) or {}
         if not isinstance(section, dict) or not all(v is None or isinstance(v, (str, int, float)) for v in
                                                     section.values()):
-            return f"{key} must be an object of plain values, got {_shown(section)}"
+            return f"{key} must be an object of plain values, got {shown(section)}"
     return None
 
 

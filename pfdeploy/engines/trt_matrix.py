@@ -18,9 +18,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
-from pfdeploy.errors import PfdeployError
-from pfdeploy.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH, json_depth, require_regular_file
+from pfdeploy.errors import PfdeployError, shown
+from pfdeploy.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH, is_int, json_depth, read_bytes_within
 
 #: The table the checks use unless told otherwise (the one DESIGN.md names; pfdeploy targets TensorRT 10/11).
 DEFAULT_TRT_VERSION = "10.1"
@@ -86,13 +87,13 @@ def matrix_from_dict(data: dict, version: str, where: str = "") -> OperatorMatri
     if declared is not None and str(declared) != version:
         raise bad(f"it says tensorrt_version {declared!r}, its file name says {version!r}")
     rng = data["opset_range"]
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_int(v) for v in rng) and rng[0] <= rng[1]):
-        raise bad(f"opset_range must be [low, high] integers, got {_shown(rng)}")
+    if not (isinstance(rng, list) and len(rng) == 2 and all(is_int(v) for v in rng) and rng[0] <= rng[1]):
+        raise bad(f"opset_range must be [low, high] integers, got {shown(rng)}")
     if not isinstance(data["source"], str):
-        raise bad(f"source must be a string, got {_shown(data['source'])}")
+        raise bad(f"source must be a string, got {shown(data['source'])}")
     for key in ("tensor_types", "rules", "errata"):
         if not _is_strings(data.get(key, [])):
-            raise bad(f"{key} must be a list of strings, got {_shown(data.get(key))}")
+            raise bad(f"{key} must be a list of strings, got {shown(data.get(key))}")
     if not data["tensor_types"]:
         raise bad("tensor_types must be a non-empty list")
     known = frozenset(_type_name(t) for t in data["tensor_types"])
@@ -107,7 +108,7 @@ def matrix_from_dict(data: dict, version: str, where: str = "") -> OperatorMatri
             raise bad(f"operator {op[:60]!r}: 'types' must be a list of type names")
         unknown = [t for t in types if _type_name(t) not in known]
         if unknown:
-            raise bad(f"operator {op[:60]!r} lists type(s) {_shown(unknown)} not in tensor_types")
+            raise bad(f"operator {op[:60]!r} lists type(s) {shown(unknown)} not in tensor_types")
         if not isinstance(row.get("restrictions", ""), str):
             raise bad(f"operator {op[:60]!r}: 'restrictions' must be text")
         operators[op] = OpSupport(row["supported"], frozenset(_type_name(t) for t in types),
@@ -116,30 +117,17 @@ def matrix_from_dict(data: dict, version: str, where: str = "") -> OperatorMatri
                           operators, tuple(data.get("errata", ())), where)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_strings(value) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_matrix(version: str | os.PathLike | None = None) -> OperatorMatrix:
     """The operator table of TensorRT `version` (default DEFAULT_TRT_VERSION), or of a JSON file path."""
     if version is not None and (isinstance(version, os.PathLike) or str(version).endswith(FILE_SUFFIX)):
-        path = require_regular_file(version, "TensorRT operator table", "give a table's JSON file")
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise PfdeployError(f"TensorRT operator table {path} is over pfdeploy's JSON limit of {MAX_JSON_BYTES} "
-                                "bytes; fix or replace the file")
-        try:
-            text = path.read_bytes()
-        except OSError as exc:
-            raise PfdeployError(f"TensorRT operator table {path} cannot be read ({exc.strerror or exc})") from None
+        path = Path(version)
+        text = read_bytes_within(path, "TensorRT operator table", "give a table's JSON file", MAX_JSON_BYTES,
+                                 "JSON limit")
         name = path.name
         ver = name[len(FILE_PREFIX):-len(FILE_SUFFIX)] if name.startswith(FILE_PREFIX) else path.stem
         return _parse(text, ver, str(path))

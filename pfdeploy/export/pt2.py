@@ -35,7 +35,7 @@ from pfdeploy._io import atomic_path, check_output_file, refuse_overwrite, sha25
 from pfdeploy.choices import EXPORT_PRECISIONS, INPUT_FORMATS
 from pfdeploy.errors import MissingDependencyError, PfdeployError
 from pfdeploy.export.metadata import PREFIX, RANDOM, metadata_for
-from pfdeploy.limits import MAX_BATCH, MAX_METADATA_BYTES
+from pfdeploy.limits import MAX_BATCH, MAX_METADATA_BYTES, is_int
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _check_args(output: Path, batch: str | int, precision: str, input_format: st
         raise PfdeployError(f"precision {precision!r} is not exported to .pt2; use fp32 or fp16")
     if input_format not in INPUT_FORMATS:
         raise PfdeployError(f"unknown input format {input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
-    if batch != "dynamic" and not (isinstance(batch, int) and not isinstance(batch, bool) and 1 <= batch <= MAX_BATCH):
+    if batch != "dynamic" and not (is_int(batch) and 1 <= batch <= MAX_BATCH):
         raise PfdeployError(f"batch must be 'dynamic' or an integer 1..{MAX_BATCH}, got {batch!r}")
     if device not in PT2_DEVICES:
         raise PfdeployError(f"a .pt2 package is compiled for {' or '.join(PT2_DEVICES)}, not {device!r}")

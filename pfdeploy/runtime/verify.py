@@ -253,10 +253,10 @@ def verification_sources(samples: int, pre, seed: int, data: str | Path | None) 
 def check_counts(samples: int, batch: int) -> None:
     """--samples (images per source) in 1..MAX_SAMPLES and --batch in 1..MAX_BATCH (pfdeploy.limits), or one
     line: `--samples 100000000` would allocate tens of GB of images before anything is compared."""
-    from pfdeploy.limits import MAX_BATCH, MAX_SAMPLES
+    from pfdeploy.limits import MAX_BATCH, MAX_SAMPLES, is_int
 
     for name, value, top in (("--samples", samples, MAX_SAMPLES), ("--batch", batch, MAX_BATCH)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        if not is_int(value) or not 1 <= value <= top:
             raise PfdeployError(f"{name} must be an integer in 1..{top}, got {value!r}")
 
 

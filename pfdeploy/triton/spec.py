@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pfdeploy.errors import PfdeployError
+from pfdeploy.limits import is_int
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
@@ -104,10 +105,6 @@ def spec_from_onnx(path: str | Path) -> ArtifactSpec:
     return ArtifactSpec(path, ONNX_PLATFORM, inputs, outputs, _batch_dynamic(inputs + outputs), None, meta)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _tensor_from_manifest(entry, where: Path) -> TensorSpec:
     """One `io` entry of a manifest: name a string, dtype a string, shape a list of integers each -1
     (dynamic) or 1..int64 max. Anything else is refused: `int()` would read "1234" as [1, 2, 3, 4] and
@@ -120,7 +117,7 @@ def _tensor_from_manifest(entry, where: Path) -> TensorSpec:
         raise PfdeployError(f"{where}: manifest tensor name {name!r:.80} is not a non-empty string; {fix}")
     if not isinstance(dtype, str):
         raise PfdeployError(f"{where}: tensor {name!r}: dtype {dtype!r:.80} is not a string; {fix}")
-    if not isinstance(shape, list) or not all(_is_int(d) and (d == -1 or 1 <= d <= INT64_MAX) for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and (d == -1 or 1 <= d <= INT64_MAX) for d in shape):
         raise PfdeployError(f"{where}: tensor {name!r}: shape {shape!r:.80} is not a list of integers, each -1 "
                             f"(dynamic) or 1..{INT64_MAX}; {fix}")
     return TensorSpec(name, triton_dtype(dtype), tuple(shape))
@@ -135,7 +132,7 @@ def _tensors_from_manifest(entries, where: Path) -> tuple[TensorSpec, ...]:
 def _profile_from_manifest(batch, where: Path) -> tuple[int, int, int]:
     """(min, opt, max) of the manifest's `batch`: integers with 1 <= min <= opt <= max <= int32 max."""
     values = [batch.get(k) for k in ("min", "opt", "max")] if isinstance(batch, dict) else None
-    if not values or not all(_is_int(v) for v in values):
+    if not values or not all(is_int(v) for v in values):
         raise PfdeployError(f"{where}: manifest batch {batch!r:.80} is not integer min/opt/max; rebuild the engine")
     low, opt, high = values
     if not 1 <= low <= opt <= high <= INT32_MAX:

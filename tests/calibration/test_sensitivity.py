@@ -83,3 +83,15 @@ def test_budget_and_analysis_arguments_are_checked_before_any_work(bad, match, t
 
     with pytest.raises(PfdeployError, match=match):
         int8_from_onnx(tmp_path / "missing.onnx", tmp_path, tmp_path / "o.onnx", **bad)
+
+
+def test_a_fifo_where_the_analysis_goes_is_left_alone_not_opened(outlier_export, tmp_path):
+    """Removing an old analysis read the JSON with a plain read: a FIFO of that name would block forever."""
+    import os
+
+    fp32, _ = outlier_export(CASE)
+    out = tmp_path / "m.int8.onnx"
+    json_path, _ = sensitivity_paths(out)
+    os.mkfifo(json_path)
+    int8_from_onnx(fp32, get_fixture(CASES[CASE].fixture).calib_dir, out, num_images=64, cache_dir=tmp_path)
+    assert out.is_file() and json_path.is_fifo()
